@@ -1,0 +1,134 @@
+"""The `medloop` operator command: database, demo data, serving, workers, tokens and users."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from flask.cli import FlaskGroup, with_appcontext
+
+
+def _create_app():
+    from app import create_app
+
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=False, add_version_option=False)
+def main() -> None:
+    """MedLoop 运维命令。"""
+
+
+@main.command("demo")
+@with_appcontext
+def demo_cmd() -> None:
+    """写入演示数据：院区、科室、各角色用户、目录数据（可重复执行）。"""
+    from app.db import db
+    from app.demo import load_demo
+
+    summary = load_demo()
+    db.session.commit()
+    for key, value in summary.items():
+        click.echo(f"{key}: {value}")
+
+
+@main.command("serve")
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn 进程数（生产模式）")
+@click.option("--production/--embedded", default=None, help="默认：设置了 DATABASE_URL/REDIS_URL 时用 gunicorn")
+def serve_cmd(port: int, host: str, workers: int, production: bool | None) -> None:
+    """启动 MedLoop（未配置时为内嵌模式：SQLite + 进程内后台任务）。"""
+    if production is None:
+        production = bool(os.environ.get("DATABASE_URL") or os.environ.get("REDIS_URL"))
+    if production:
+        args = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"{host}:{port}",
+                "--access-logfile", "-", "wsgi:app"]
+        os.execv(sys.executable, args)
+    from app import create_app
+    from app.scheduler import start_in_process_scheduler
+
+    app = create_app()
+    start_in_process_scheduler(app)
+    click.echo(f"MedLoop 内嵌模式：http://{host}:{port}  数据库：{app.config['SQLALCHEMY_DATABASE_URI']}")
+    app.run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+@main.command("worker", context_settings={"ignore_unknown_options": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker_cmd(celery_args: tuple[str, ...]) -> None:
+    """启动 Celery 后台任务进程（需设置 REDIS_URL）。"""
+    if not os.environ.get("REDIS_URL"):
+        raise click.ClickException("未设置 REDIS_URL：内嵌模式下后台任务在 serve 进程内运行，无需 worker")
+    args = [sys.executable, "-m", "celery", "-A", "wsgi:celery", "worker", "-B", "--loglevel=INFO", *celery_args]
+    os.execv(sys.executable, args)
+
+
+@main.group("token")
+def token_grp() -> None:
+    """外部系统接口令牌。"""
+
+
+@token_grp.command("create")
+@click.option("--system", required=True, help="系统名称，如 HIS、LIS、PACS")
+@with_appcontext
+def token_create(system: str) -> None:
+    """为一个医院系统签发接口令牌（只显示一次）。"""
+    from app.audit import services as audit
+    from app.auth.services import create_api_token
+    from app.db import db
+
+    token = create_api_token(system=system)
+    audit.record("medloop-cli", "token.created", None, entity_type="api_tokens", extra={"system": system})
+    db.session.commit()
+    click.echo(token)
+
+
+@main.group("user")
+def user_grp() -> None:
+    """用户管理。"""
+
+
+@user_grp.command("create")
+@click.option("--username", required=True)
+@click.option("--name", required=True, help="姓名")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--role", "roles", multiple=True, help="角色编码，可多次指定：admin/mao/committee/dept_group/physician…")
+@click.option("--dept", "dept_code", default=None, help="科室编码")
+@click.option("--staff-no", default=None)
+@click.option("--title", default=None, help="职称")
+@with_appcontext
+def user_create(username: str, name: str, password: str, roles: tuple[str, ...], dept_code: str | None,
+                staff_no: str | None, title: str | None) -> None:
+    """创建本地用户。"""
+    from sqlalchemy import select
+
+    from app.audit import services as audit
+    from app.auth.models import Department
+    from app.auth.services import create_user
+    from app.db import db
+    from app.errors import ValidationFailed
+
+    dept = None
+    if dept_code:
+        dept = db.session.scalar(select(Department).where(Department.code == dept_code))
+        if dept is None:
+            raise click.ClickException(f"科室编码不存在：{dept_code}")
+    try:
+        user = create_user(username=username, name=name, password=password, dept=dept, roles=list(roles),
+                           staff_no=staff_no, title=title)
+    except ValidationFailed as exc:
+        raise click.ClickException("；".join(f"{e['path']}：{e['message']}" for e in exc.errors)) from exc
+    audit.record("medloop-cli", "user.created", user, after={"username": username, "roles": list(roles)})
+    db.session.commit()
+    click.echo(f"已创建用户 {username}（id={user.id}）")
+
+
+def _register_db(group: click.Group) -> None:
+    from flask_migrate.cli import db as db_group
+
+    group.add_command(db_group, "db")
+
+
+_register_db(main)
