@@ -50,6 +50,12 @@ def serve_cmd(port: int, host: str, workers: int, production: bool | None) -> No
     from app.scheduler import start_in_process_scheduler
 
     app = create_app()
+    with app.app_context():
+        from app.db import db
+        from app.deploy import deploy_shipped
+
+        deploy_shipped()
+        db.session.commit()
     start_in_process_scheduler(app)
     click.echo(f"MedLoop 内嵌模式：http://{host}:{port}  数据库：{app.config['SQLALCHEMY_DATABASE_URI']}")
     app.run(host=host, port=port, threaded=True, use_reloader=False)
@@ -63,6 +69,18 @@ def worker_cmd(celery_args: tuple[str, ...]) -> None:
         raise click.ClickException("未设置 REDIS_URL：内嵌模式下后台任务在 serve 进程内运行，无需 worker")
     args = [sys.executable, "-m", "celery", "-A", "wsgi:celery", "worker", "-B", "--loglevel=INFO", *celery_args]
     os.execv(sys.executable, args)
+
+
+@main.command("deploy")
+@with_appcontext
+def deploy_cmd() -> None:
+    """部署随产品发布的表单与流程（仅部署有变化的文件）。"""
+    from app.db import db
+    from app.deploy import deploy_shipped
+
+    result = deploy_shipped()
+    db.session.commit()
+    click.echo(f"新部署表单 {result['forms']} 个，流程 {result['processes']} 个")
 
 
 @main.group("token")

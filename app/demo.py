@@ -67,7 +67,11 @@ def load_demo() -> dict[str, int]:
         create_user(username=username, name=name, password=DEMO_PASSWORD, dept=depts[dept], roles=roles,
                     staff_no=staff_no, title=title, check_strength=False)
         created += 1
-    summary = {"院区": len(campuses), "科室": len(depts), "新建用户": created}
+    from app.deploy import deploy_shipped
+
+    deployed = deploy_shipped()
+    summary = {"院区": len(campuses), "科室": len(depts), "新建用户": created,
+               "新部署表单": deployed["forms"], "新部署流程": deployed["processes"]}
     for name, loader in EXTRA_LOADERS.items():
         summary[name] = loader()
     return summary
