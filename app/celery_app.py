@@ -23,6 +23,7 @@ def celery_init_app(app: Flask) -> Celery:
         task_acks_late=True,
         worker_prefetch_multiplier=1,
         timezone="Asia/Shanghai",
+        include=["app.tasks"],
         beat_schedule={
             "fire-due-timers": {"task": "medloop.fire_due_timers", "schedule": 15.0},
         },

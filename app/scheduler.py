@@ -13,10 +13,16 @@ _started = False
 
 def run_due_work(app: Flask) -> int:
     """One tick: fire due workflow timers. Returns how many instances were advanced."""
+    from app.db import db
     from app.workflow import services as wf
 
     with app.app_context():
-        return wf.fire_due_timers()
+        try:
+            fired = wf.fire_due_timers()
+            db.session.commit()
+            return fired
+        finally:
+            db.session.remove()
 
 
 def start_in_process_scheduler(app: Flask, interval: float = 15.0) -> None:
