@@ -249,6 +249,8 @@ def parse_documents(bpmn_xml: str, dmn_docs: dict[str, str] | None = None, *, ex
         key = expected_key or executable[0]
         if key not in executable:
             raise BpmnInvalid(f"流程标识应为「{key}」，文件中的流程为：{'、'.join(executable)}", element=key)
+        if not any(etree.QName(el).localname == "BPMNDiagram" for el in root):
+            raise BpmnInvalid("流程文件缺少图形布局（BPMNDiagram），无法显示流程图；请在建模器中保存后再上传")
         spec = parser.get_spec(key)
         subprocess_specs = parser.get_subprocess_specs(key)
     except BpmnInvalid:
