@@ -456,3 +456,23 @@ def cancel(wf: BpmnWorkflow) -> None:
 
 
 Hook = Callable[..., Any]
+
+
+def migrate(wf: BpmnWorkflow, parsed_new: ParsedVersion) -> list[str]:
+    """Move a running workflow onto a new spec where the diff allows it.
+    Returns the names of tasks whose specs changed; raises EngineError when a task the flow stands on
+    (READY/WAITING) no longer exists in the new version, or when subprocesses are running."""
+    from SpiffWorkflow.bpmn.util.diff import diff_workflow, migrate_workflow
+
+    if wf.subprocesses:
+        raise EngineError("实例包含运行中的子流程，暂不支持迁移")
+    top, _subs = diff_workflow(_serializer.registry, wf, parsed_new.spec, parsed_new.subprocess_specs)
+    live = TaskState.READY | TaskState.WAITING | TaskState.STARTED
+    stuck = [t for t in top.removed if t.state & live]
+    if stuck:
+        names = "、".join(sorted({getattr(t.task_spec, "bpmn_name", None) or t.task_spec.name for t in stuck}))
+        raise EngineError(f"当前所在环节「{names}」在新版本中已不存在，不能迁移")
+    changed = sorted({getattr(t.task_spec, "bpmn_name", None) or t.task_spec.name for t in top.changed})
+    migrate_workflow(top, wf, parsed_new.spec)
+    wf.subprocess_specs = parsed_new.subprocess_specs
+    return changed

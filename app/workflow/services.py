@@ -721,6 +721,41 @@ def fire_due_timers(*, now: datetime | None = None, limit: int = 200) -> int:
     return fired
 
 
+def migrate_instance(*, instance_id: int, actor: User, to_version: ProcessVersion | None = None) -> ProcessInstance:
+    """Move a running instance to another version of its process (default: the active one) where the
+    SpiffWorkflow diff allows it; open tasks are re-created. Raises Forbidden, InvalidTransition."""
+    from app.auth.services import has_permission
+
+    if not has_permission(actor, "workflow.admin"):
+        raise Forbidden("只有流程管理员可以迁移流程实例")
+    instance = _lock(instance_id)
+    if instance.status != InstanceStatus.RUNNING:
+        raise InvalidTransition(f"流程已{instance.status_label}，无需迁移")
+    target = to_version or active_version(instance.key)
+    assert target is not None
+    if target.key != instance.key:
+        raise ValidationFailed({"to_version": "只能迁移到同一流程的其他版本"})
+    if target.id == instance.version_id:
+        raise InvalidTransition("实例已在该版本上运行")
+    old_version = db.session.get(ProcessVersion, instance.version_id)
+    wf, _p = _load(instance)
+    new_parsed = parsed(target)
+    try:
+        changed = engine.migrate(wf, new_parsed)
+    except engine.EngineError as exc:
+        raise InvalidTransition(exc.message, instance_id=instance.id) from exc
+    instance.version_id = target.id
+    _log(instance, "migrate", actor, data={"from": old_version.version if old_version else None,
+                                           "to": target.version, "changed": changed},
+         task_name=f"迁移到第 {target.version} 版")
+    _run(instance, wf, new_parsed, actor=actor)
+    audit.record(actor, "workflow.migrated", instance,
+                 before={"version": old_version.version if old_version else None},
+                 after={"version": target.version, "changed_tasks": changed})
+    _save(instance)
+    return instance
+
+
 # ---------------------------------------------------------------- queries for pages
 
 

@@ -278,6 +278,30 @@ def process(key: str):
                            errors=None)
 
 
+@bp.post("/processes/<key>/migrate")
+@require("workflow.admin")
+def migrate(key: str):
+    """Move the selected running instances to the active version; report each one's outcome."""
+    from app.errors import DomainError
+
+    ids = [int(i) for i in request.form.getlist("instance_id") if i.isdigit()]
+    if not ids:
+        raise ValidationFailed({"instance_id": "请选择要迁移的实例"})
+    moved, refused = 0, []
+    for instance_id in ids:
+        try:
+            with db.session.begin_nested():
+                services.migrate_instance(instance_id=instance_id, actor=current_user)
+            moved += 1
+        except DomainError as exc:
+            refused.append(f"#{instance_id}：{exc.message}")
+    db.session.commit()
+    flash(f"已迁移 {moved} 个实例到当前生效版本", "success" if moved else "info")
+    for line in refused:
+        flash(line, "warning")
+    return redirect(url_for("workflow.process", key=key))
+
+
 @bp.get("/processes/<key>/versions/<int:version>.bpmn")
 @require("workflow.admin")
 def version_xml(key: str, version: int):

@@ -224,3 +224,31 @@ def test_task_log_records_origin(deployed, user):
     row = services.db.session.scalar(select(TaskLog).where(TaskLog.instance_id == inst.id, TaskLog.action == "complete"))
     assert (row.actor_name, row.address, row.terminal, row.data["score"]) == ("王医务", "10.1.2.3", "护士站-3", 5)
     assert services.db.session.get(ProcessInstance, inst.id).status == "rejected"
+
+
+def test_running_instance_moves_to_a_new_version_when_the_diff_allows(deployed, user, db_session):
+    inst = _start(user, key="M-1")
+    v2 = services.upload_version(bpmn_xml=BPMN.replace('name="发送催办"', 'name="发送催办（新）"'), dmn=DMN,
+                                 actor=user("flow"), expected_key="test_review")
+    with pytest.raises(Forbidden):
+        services.migrate_instance(instance_id=inst.id, actor=user("mao"))
+    services.migrate_instance(instance_id=inst.id, actor=user("flow"))
+    assert inst.version_id == v2.id
+    [task] = _ready(inst)
+    assert task.spec_name == "review"
+    services.complete(task_id=task.id, actor=user("mao"), data={"decision": "reject", "score": 3})
+    assert inst.status == "rejected"
+    assert "migrate" in [h.action for h in services.history(inst.id)]
+
+
+def test_migration_is_refused_when_the_current_node_is_gone(deployed, user):
+    inst = _start(user, key="M-2")
+    renamed = BPMN.replace('id="review"', 'id="review2"').replace('"review"', '"review2"') \
+        .replace(">review<", ">review2<").replace('attachedToRef="review"', 'attachedToRef="review2"') \
+        .replace('targetRef="review"', 'targetRef="review2"').replace('sourceRef="review"', 'sourceRef="review2"') \
+        .replace('bpmnElement="review"', 'bpmnElement="review2"')
+    services.upload_version(bpmn_xml=renamed, dmn=DMN, actor=user("flow"), expected_key="test_review")
+    with pytest.raises(InvalidTransition) as err:
+        services.migrate_instance(instance_id=inst.id, actor=user("flow"))
+    assert "医务处审核" in err.value.message
+    assert inst.version_id == deployed.id
