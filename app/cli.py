@@ -37,11 +37,14 @@ def demo_cmd() -> None:
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn 进程数（生产模式）")
-@click.option("--production/--embedded", default=None, help="默认：设置了 DATABASE_URL/REDIS_URL 时用 gunicorn")
+@click.option("--production/--embedded", default=None,
+              help="默认：DATABASE_URL 指向 PostgreSQL 或设置了 REDIS_URL 时用 gunicorn，否则内嵌模式")
 def serve_cmd(port: int, host: str, workers: int, production: bool | None) -> None:
     """启动 MedLoop（未配置时为内嵌模式：SQLite + 进程内后台任务）。"""
     if production is None:
-        production = bool(os.environ.get("DATABASE_URL") or os.environ.get("REDIS_URL"))
+        # SQLite means the embedded default whatever else is set: one process, in-process background work
+        url = os.environ.get("DATABASE_URL", "")
+        production = bool((url and not url.startswith("sqlite")) or os.environ.get("REDIS_URL"))
     if production:
         args = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"{host}:{port}",
                 "--access-logfile", "-", "wsgi:app"]
@@ -58,7 +61,10 @@ def serve_cmd(port: int, host: str, workers: int, production: bool | None) -> No
         db.session.commit()
     start_in_process_scheduler(app)
     click.echo(f"MedLoop 内嵌模式：http://{host}:{port}  数据库：{app.config['SQLALCHEMY_DATABASE_URI']}")
-    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    from werkzeug.serving import run_simple
+
+    # app.run() refuses to start under the flask CLI; the embedded default serves with werkzeug directly
+    run_simple(host, port, app, threaded=True, use_reloader=False)
 
 
 @main.command("worker", context_settings={"ignore_unknown_options": True})

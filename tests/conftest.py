@@ -91,7 +91,7 @@ def db_session(app, monkeypatch) -> Iterator:
         db.session.remove()
         outer.rollback()
         conn.close()
-        db.session.configure(join_transaction_mode="conservative_savepoint")
+        db.session.configure(join_transaction_mode="conditional_savepoint")
 
 
 @pytest.fixture

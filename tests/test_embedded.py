@@ -57,7 +57,7 @@ def test_serve_runs_on_sqlite_and_a_user_can_log_in(sqlite_env):
             try:
                 if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.2)
         else:
             pytest.fail("serve did not come up: " + (proc.stdout.read() if proc.stdout else ""))

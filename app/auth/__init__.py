@@ -2,7 +2,18 @@
 
 
 def register(app):
-    from app.auth import api, views
+    from app.audit.services import ACTION_LABELS
+    from app.auth import admin, api, services, views
+    from app.web import add_nav
 
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(admin.account_bp)
+    app.before_request(admin.enforce_password_change)
+    app.jinja_env.filters["mask_phone"] = services.mask_phone
+    ACTION_LABELS.update(services.AUDIT_LABELS)
+    add_nav("auth_admin.users", "用户管理", "users.manage", order=91)
+    add_nav("auth_admin.roles", "角色与权限", "users.manage", order=92)
+    add_nav("auth_admin.departments", "院区与科室", "users.manage", order=93)
+    add_nav("account.change_password", "修改密码", None, order=99)

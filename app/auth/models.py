@@ -86,6 +86,7 @@ class User(UserMixin, TimestampMixin, Model):
     failed_logins: Mapped[int] = mapped_column(default=0, comment="连续登录失败次数")
     locked_until: Mapped[datetime | None] = mapped_column(comment="锁定至")
     password_changed_at: Mapped[datetime | None] = mapped_column(comment="密码修改时间")
+    must_change_password: Mapped[bool] = mapped_column(default=False, comment="下次登录须先修改密码（管理员设置或重置后）")
     last_login_at: Mapped[datetime | None] = mapped_column(comment="最近登录时间")
     departed_at: Mapped[datetime | None] = mapped_column(comment="离职时间")
 

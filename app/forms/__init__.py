@@ -2,4 +2,9 @@
 
 
 def register(app):
-    pass
+    # shipped forms/ files are stored by services.sync_files(), called at deploy time, not per request
+    from app.forms import views
+    from app.web import add_nav
+
+    app.register_blueprint(views.bp)
+    add_nav("forms.index", "表单模板", "forms.admin", order=80)

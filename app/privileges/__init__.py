@@ -2,4 +2,18 @@
 
 
 def register(app):
-    pass
+    from app.audit.services import ACTION_LABELS
+    from app.demo import EXTRA_LOADERS
+    from app.privileges import flow, views
+    from app.privileges.catalogue import seed_catalogue
+    from app.privileges.services import AUDIT_LABELS
+    from app.web import add_nav
+
+    app.register_blueprint(views.bp)
+    EXTRA_LOADERS["权限目录"] = seed_catalogue
+    ACTION_LABELS.update(AUDIT_LABELS)
+    add_nav("privileges.apply", "申请权限", "privileges.apply", order=30)
+    add_nav("privileges.my_applications", "我的权限申请", "privileges.apply", order=31)
+    add_nav("privileges.grants", "授权查询", "privileges.view", order=32)
+    add_nav("privileges.catalogue", "权限目录", "privileges.view", order=33)
+    app.extensions["privileges_flow_hooks"] = flow.install()

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from lxml import etree
 from RestrictedPython import compile_restricted, limited_builtins, safe_builtins, utility_builtins
@@ -22,10 +22,10 @@ from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine
 from SpiffWorkflow.bpmn.script_engine.python_environment import BasePythonScriptEngineEnvironment
 from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
 from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
-from SpiffWorkflow.spiff.specs.event_definitions import MessageEventDefinition as SpiffMessageEventDefinition
 from SpiffWorkflow.exceptions import SpiffWorkflowException, WorkflowException
 from SpiffWorkflow.spiff.parser import VALIDATOR, SpiffBpmnParser
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
+from SpiffWorkflow.spiff.specs.event_definitions import MessageEventDefinition as SpiffMessageEventDefinition
 from SpiffWorkflow.util.task import TaskState
 
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
@@ -88,7 +88,7 @@ class ScriptRefused(RuntimeError):
     """A BPMN script or expression that the restricted compiler does not allow."""
 
 
-def _compile(source: str, mode: str):
+def _compile(source: str, mode: Literal["exec", "eval"]):
     key = (source, mode)
     code = _code_cache.get(key)
     if code is None:
@@ -259,12 +259,12 @@ def parse_documents(bpmn_xml: str, dmn_docs: dict[str, str] | None = None, *, ex
         node = None
         ident = getattr(exc, "id", None) or getattr(exc, "node_id", None)
         if ident:
-            found = root.xpath(f"//*[@id='{ident}']")
+            found = root.xpath("//*[@id=$ident]", ident=ident)
             node = found[0] if found else None
         label = _element_label(node) if node is not None else (f"元素 id={ident}" if ident else "")
-        name = getattr(exc, "name", None)
-        if not label and name:
-            label = f"元素「{name}」"
+        el_name = getattr(exc, "name", None)
+        if not label and el_name:
+            label = f"元素「{el_name}」"
         raise BpmnInvalid(f"流程校验失败：{label or '未知元素'}：{_explain(exc)}", element=ident) from exc
     except (SpiffWorkflowException, etree.DocumentInvalid) as exc:
         raise BpmnInvalid(f"流程校验失败：{_explain(exc)}") from exc

@@ -43,12 +43,10 @@ class ProcessDefinition(Model):
     id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
     key: Mapped[str] = mapped_column(String(64), unique=True, comment="流程标识（BPMN process id）")
     name: Mapped[str] = mapped_column(String(128), comment="流程名称")
-    active_version_id: Mapped[int | None] = mapped_column(
-        ForeignKey("process_versions.id", use_alter=True), comment="当前生效版本"
-    )
+    active_version_id: Mapped[int | None] = mapped_column(ForeignKey("process_versions.id"), comment="当前生效版本")
     created_at: Mapped[datetime] = mapped_column(default=utcnow, comment="创建时间")
 
-    active_version: Mapped[ProcessVersion | None] = relationship(foreign_keys=[active_version_id], post_update=True)
+    active_version: Mapped[ProcessVersion | None] = relationship(foreign_keys=[active_version_id])
 
 
 class ProcessVersion(Model):

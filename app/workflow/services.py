@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, false, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -53,15 +53,16 @@ class WorkflowFailed(DomainError):
 
 # ---------------------------------------------------------------- definitions
 
-_parsed_cache: dict[int, engine.ParsedVersion] = {}
+# keyed by content, not row id: one process may serve several databases (tests, tenants)
+_parsed_cache: dict[tuple[str, str], engine.ParsedVersion] = {}
 
 
 def parsed(version: ProcessVersion) -> engine.ParsedVersion:
-    """Parsed spec of a version, cached per version id (versions never change)."""
-    hit = _parsed_cache.get(version.id)
+    """Parsed spec of a version, cached by its content checksum (versions never change)."""
+    hit = _parsed_cache.get((version.key, version.checksum))
     if hit is None:
         hit = engine.parse_documents(version.bpmn_xml, version.dmn or {}, expected_key=version.key)
-        _parsed_cache[version.id] = hit
+        _parsed_cache[(version.key, version.checksum)] = hit
     return hit
 
 
@@ -106,7 +107,7 @@ def _add_version(*, key: str, bpmn_xml: str, dmn: dict[str, str], source: str, a
     db.session.flush()
     definition.name = name
     definition.active_version_id = version.id
-    _parsed_cache[version.id] = parsed_version
+    _parsed_cache[(version.key, version.checksum)] = parsed_version
     db.session.flush()
     audit.record(actor or "system", "process.version_deployed", version,
                  after={"key": key, "version": version.version, "source": source, "note": note})
@@ -713,10 +714,10 @@ def fire_due_timers(*, now: datetime | None = None, limit: int = 200) -> int:
                 db.session.flush()
             fired += 1
         except (DomainError, StaleDataError) as exc:
-            instance = db.session.get(ProcessInstance, instance_id)
-            if instance is not None:
-                instance.error = str(exc)
-                instance.next_timer_at = None
+            failed = db.session.get(ProcessInstance, instance_id)
+            if failed is not None:
+                failed.error = str(exc)
+                failed.next_timer_at = None
     db.session.flush()
     return fired
 
@@ -767,7 +768,7 @@ def my_tasks_query(user: User):
 def group_tasks_query(user: User):
     cond = candidate_condition(user)
     stmt = select(HumanTask).join(ProcessInstance).where(HumanTask.status == TaskStatus.READY)
-    return stmt.where(cond) if cond is not None else stmt.where(False)
+    return stmt.where(cond) if cond is not None else stmt.where(false())
 
 
 def history(instance_id: int) -> list[TaskLog]:

@@ -107,7 +107,7 @@ def _render_task(task: HumanTask, *, data, errors, may_act: bool, status: int = 
         if task.spec_name and any(k in ("decision", "comment") for k in data):
             data.pop("decision", None)
             data.pop("comment", None)
-    form_html = forms.render(form, data=data or {}, errors=errors, readonly=not may_act) if form else None
+    form_html = forms.render(form, data=data or None, errors=errors, readonly=not may_act) if form else None
     delegates = []
     if may_act and task.role_code:
         delegates = [u for u in services.candidates(HumanTask(role_code=task.role_code, dept_id=task.dept_id,
@@ -138,7 +138,8 @@ def submit(task_id: int):
         db.session.rollback()
         task = _task_or_404(task_id)
         flash("提交的数据有误，请按提示修改", "error")
-        return _render_task(task, data=request.form.to_dict(), errors=exc.errors, may_act=True, status=400)
+        return _render_task(task, data=forms.parse_submission(form, request.form), errors=exc.errors, may_act=True,
+                            status=400)
     db.session.commit()
     flash(f"「{task.name}」已提交", "success")
     return redirect(url_for("tasks.inbox"))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 02:52:11.956971
+Create Date: 2026-11-23 03:10:01.760086
 
 """
 from alembic import op
@@ -43,6 +43,21 @@ def upgrade():
     sa.UniqueConstraint('code', name=op.f('uq_campuses_code')),
     comment='院区'
     )
+    op.create_table('privilege_categories',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('code', sa.String(length=32), nullable=False, comment='类别编码'),
+    sa.Column('name', sa.String(length=64), nullable=False, comment='类别名称'),
+    sa.Column('description', sa.String(length=500), nullable=True, comment='说明'),
+    sa.Column('validity_years', sa.Integer(), nullable=False, comment='默认授权有效期（年）'),
+    sa.Column('validity_days', sa.Integer(), nullable=True, comment='按天计的有效期（紧急授权等；设置时优先于年）'),
+    sa.Column('sort_order', sa.Integer(), nullable=False, comment='排序号'),
+    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否启用'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_categories')),
+    sa.UniqueConstraint('code', name=op.f('uq_privilege_categories_code')),
+    comment='医疗权限授权类别（九大类）'
+    )
     op.create_table('roles',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('code', sa.String(length=32), nullable=False, comment='角色编码（BPMN 泳道名与之对应）'),
@@ -67,6 +82,32 @@ def upgrade():
     )
     with op.batch_alter_table('departments', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_departments_campus_id'), ['campus_id'], unique=False)
+
+    op.create_table('privilege_items',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('category_id', sa.Integer(), nullable=False, comment='所属类别'),
+    sa.Column('code', sa.String(length=64), nullable=False, comment='项目编码（院内唯一）'),
+    sa.Column('name', sa.String(length=200), nullable=False, comment='项目名称'),
+    sa.Column('grade', sa.String(length=32), nullable=True, comment='级别名称（如 三级、特殊使用级）'),
+    sa.Column('grade_level', sa.Integer(), nullable=True, comment='级别序号（1 起，越大要求越高；用于审批层级判定）'),
+    sa.Column('procedure_code', sa.String(length=32), nullable=True, comment='手术操作编码（ICD-9-CM-3 国家临床版 2.0）'),
+    sa.Column('procedure_category', sa.String(length=16), nullable=True, comment='编码类别：手术/介入治疗/治疗性操作/诊断性操作'),
+    sa.Column('chapter', sa.String(length=64), nullable=True, comment='所属章节或分组（如 消化系统手术）'),
+    sa.Column('requirements', sa.Text(), nullable=True, comment='授权条件（职称、资质、培训考核要求）'),
+    sa.Column('note', sa.String(length=500), nullable=True, comment='备注（来源、演示数据说明）'),
+    sa.Column('source', sa.String(length=200), nullable=True, comment='依据或数据来源'),
+    sa.Column('sort_order', sa.Integer(), nullable=False, comment='排序号'),
+    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否启用'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['category_id'], ['privilege_categories.id'], name=op.f('fk_privilege_items_category_id_privilege_categories')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_items')),
+    sa.UniqueConstraint('code', name=op.f('uq_privilege_items_code')),
+    comment='医疗权限授权项目（目录）'
+    )
+    with op.batch_alter_table('privilege_items', schema=None) as batch_op:
+        batch_op.create_index('ix_privilege_items_category_grade', ['category_id', 'grade_level'], unique=False)
+        batch_op.create_index(batch_op.f('ix_privilege_items_procedure_code'), ['procedure_code'], unique=False)
 
     op.create_table('role_permissions',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
@@ -93,6 +134,7 @@ def upgrade():
     sa.Column('failed_logins', sa.Integer(), nullable=False, comment='连续登录失败次数'),
     sa.Column('locked_until', sa.DateTime(timezone=True), nullable=True, comment='锁定至'),
     sa.Column('password_changed_at', sa.DateTime(timezone=True), nullable=True, comment='密码修改时间'),
+    sa.Column('must_change_password', sa.Boolean(), nullable=False, comment='下次登录须先修改密码（管理员设置或重置后）'),
     sa.Column('last_login_at', sa.DateTime(timezone=True), nullable=True, comment='最近登录时间'),
     sa.Column('departed_at', sa.DateTime(timezone=True), nullable=True, comment='离职时间'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
@@ -129,6 +171,25 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_audit_logs_at'), ['at'], unique=False)
         batch_op.create_index('ix_audit_logs_entity', ['entity_type', 'entity_id'], unique=False)
 
+    op.create_table('form_templates',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('key', sa.String(length=64), nullable=False, comment='表单编码（forms/ 下的文件名，不含 .json）'),
+    sa.Column('version', sa.Integer(), nullable=False, comment='版本号（同一表单从 1 递增）'),
+    sa.Column('schema', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='JSON Schema（draft 2020-12）'),
+    sa.Column('ui_schema', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='界面描述（字段顺序、控件、帮助文字）'),
+    sa.Column('source', sa.String(length=16), nullable=False, comment='来源：file 发布文件/admin 在线编辑'),
+    sa.Column('checksum', sa.String(length=64), nullable=False, comment='内容校验和（SHA-256）'),
+    sa.Column('created_by_id', sa.Integer(), nullable=True, comment='保存人（文件同步为空）'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='保存时间'),
+    sa.Column('note', sa.String(length=255), nullable=True, comment='版本说明'),
+    sa.ForeignKeyConstraint(['created_by_id'], ['users.id'], name=op.f('fk_form_templates_created_by_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_form_templates')),
+    sa.UniqueConstraint('key', 'version', name=op.f('uq_form_templates_key')),
+    comment='表单模板版本（JSON Schema 2020-12 与界面描述）'
+    )
+    with op.batch_alter_table('form_templates', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_form_templates_key'), ['key'], unique=False)
+
     op.create_table('notifications',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('user_id', sa.Integer(), nullable=False, comment='接收人'),
@@ -145,6 +206,50 @@ def upgrade():
     with op.batch_alter_table('notifications', schema=None) as batch_op:
         batch_op.create_index('ix_notifications_user_unread', ['user_id', 'read_at'], unique=False)
 
+    op.create_table('privilege_applications',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键（申请编号）'),
+    sa.Column('applicant_id', sa.Integer(), nullable=False, comment='申请人'),
+    sa.Column('dept_id', sa.Integer(), nullable=True, comment='申请时所在科室'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='申请时所在院区'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：draft/in_review/approved/rejected/withdrawn'),
+    sa.Column('reason', sa.Text(), nullable=False, comment='申请理由'),
+    sa.Column('instance_id', sa.Integer(), nullable=True, comment='审批流程实例编号'),
+    sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=True, comment='提交时间'),
+    sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='办结时间'),
+    sa.Column('final_comment', sa.Text(), nullable=True, comment='最终审批意见'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['applicant_id'], ['users.id'], name=op.f('fk_privilege_applications_applicant_id_users')),
+    sa.ForeignKeyConstraint(['campus_id'], ['campuses.id'], name=op.f('fk_privilege_applications_campus_id_campuses')),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_privilege_applications_dept_id_departments')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_applications')),
+    comment='医疗权限申请'
+    )
+    with op.batch_alter_table('privilege_applications', schema=None) as batch_op:
+        batch_op.create_index('ix_privilege_applications_applicant_status', ['applicant_id', 'status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_privilege_applications_dept_id'), ['dept_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_privilege_applications_instance_id'), ['instance_id'], unique=False)
+
+    op.create_table('process_versions',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('key', sa.String(length=64), nullable=False, comment='流程标识'),
+    sa.Column('version', sa.Integer(), nullable=False, comment='版本号（从 1 递增）'),
+    sa.Column('name', sa.String(length=128), nullable=False, comment='流程名称'),
+    sa.Column('bpmn_xml', sa.Text(), nullable=False, comment='BPMN 文档'),
+    sa.Column('dmn', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='引用的 DMN 决策表（文件名→XML）'),
+    sa.Column('checksum', sa.String(length=64), nullable=False, comment='内容校验和（BPMN+DMN）'),
+    sa.Column('source', sa.String(length=16), nullable=False, comment='来源：file 随产品发布/upload 管理员上传'),
+    sa.Column('note', sa.String(length=255), nullable=True, comment='版本说明'),
+    sa.Column('created_by_id', sa.Integer(), nullable=True, comment='上传人'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='部署时间'),
+    sa.ForeignKeyConstraint(['created_by_id'], ['users.id'], name=op.f('fk_process_versions_created_by_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_process_versions')),
+    sa.UniqueConstraint('key', 'version', name=op.f('uq_process_versions_key')),
+    comment='流程定义版本'
+    )
+    with op.batch_alter_table('process_versions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_process_versions_key'), ['key'], unique=False)
+
     op.create_table('user_roles',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('user_id', sa.Integer(), nullable=False, comment='用户'),
@@ -160,19 +265,239 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_user_roles_role_id'), ['role_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_user_roles_user_id'), ['user_id'], unique=False)
 
+    op.create_table('privilege_application_items',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('application_id', sa.Integer(), nullable=False, comment='所属申请'),
+    sa.Column('item_id', sa.Integer(), nullable=False, comment='申请的授权项目'),
+    sa.ForeignKeyConstraint(['application_id'], ['privilege_applications.id'], name=op.f('fk_privilege_application_items_application_id_privilege_applications')),
+    sa.ForeignKeyConstraint(['item_id'], ['privilege_items.id'], name=op.f('fk_privilege_application_items_item_id_privilege_items')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_application_items')),
+    sa.UniqueConstraint('application_id', 'item_id', name=op.f('uq_privilege_application_items_application_id')),
+    comment='医疗权限申请所含项目'
+    )
+    with op.batch_alter_table('privilege_application_items', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_privilege_application_items_application_id'), ['application_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_privilege_application_items_item_id'), ['item_id'], unique=False)
+
+    op.create_table('privilege_grants',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('user_id', sa.Integer(), nullable=False, comment='被授权医师'),
+    sa.Column('item_id', sa.Integer(), nullable=False, comment='授权项目'),
+    sa.Column('application_id', sa.Integer(), nullable=True, comment='来源申请'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：active/suspended/revoked/expired'),
+    sa.Column('valid_from', sa.Date(), nullable=False, comment='生效日期'),
+    sa.Column('valid_until', sa.Date(), nullable=True, comment='有效期至（含当日）'),
+    sa.Column('granted_by_id', sa.Integer(), nullable=True, comment='批准人'),
+    sa.Column('granted_at', sa.DateTime(timezone=True), nullable=False, comment='授予时间'),
+    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True, comment='暂停、停止或失效时间'),
+    sa.Column('revoked_by_id', sa.Integer(), nullable=True, comment='暂停或停止操作人'),
+    sa.Column('revoked_reason', sa.String(length=500), nullable=True, comment='暂停、停止或失效原因'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['application_id'], ['privilege_applications.id'], name=op.f('fk_privilege_grants_application_id_privilege_applications')),
+    sa.ForeignKeyConstraint(['granted_by_id'], ['users.id'], name=op.f('fk_privilege_grants_granted_by_id_users')),
+    sa.ForeignKeyConstraint(['item_id'], ['privilege_items.id'], name=op.f('fk_privilege_grants_item_id_privilege_items')),
+    sa.ForeignKeyConstraint(['revoked_by_id'], ['users.id'], name=op.f('fk_privilege_grants_revoked_by_id_users')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_privilege_grants_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_grants')),
+    comment='医疗权限授予记录'
+    )
+    with op.batch_alter_table('privilege_grants', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_privilege_grants_application_id'), ['application_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_privilege_grants_item_id'), ['item_id'], unique=False)
+        batch_op.create_index('ix_privilege_grants_user_item_status', ['user_id', 'item_id', 'status'], unique=False)
+
+    op.create_table('process_definitions',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('key', sa.String(length=64), nullable=False, comment='流程标识（BPMN process id）'),
+    sa.Column('name', sa.String(length=128), nullable=False, comment='流程名称'),
+    sa.Column('active_version_id', sa.Integer(), nullable=True, comment='当前生效版本'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.ForeignKeyConstraint(['active_version_id'], ['process_versions.id'], name=op.f('fk_process_definitions_active_version_id_process_versions')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_process_definitions')),
+    sa.UniqueConstraint('key', name=op.f('uq_process_definitions_key')),
+    comment='流程定义（按流程标识）'
+    )
+    op.create_table('process_instances',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('key', sa.String(length=64), nullable=False, comment='流程标识'),
+    sa.Column('version_id', sa.Integer(), nullable=False, comment='运行所用版本'),
+    sa.Column('business_key', sa.String(length=64), nullable=False, comment='业务键（申请单号、医嘱号等）'),
+    sa.Column('title', sa.String(length=200), nullable=False, comment='标题'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态'),
+    sa.Column('dept_id', sa.Integer(), nullable=True, comment='业务所属科室'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='业务所属院区'),
+    sa.Column('started_by_id', sa.Integer(), nullable=True, comment='发起人'),
+    sa.Column('started_at', sa.DateTime(timezone=True), nullable=False, comment='发起时间'),
+    sa.Column('ended_at', sa.DateTime(timezone=True), nullable=True, comment='结束时间'),
+    sa.Column('current_nodes', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='当前所在节点（BPMN id 列表）'),
+    sa.Column('done_nodes', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='已完成节点（BPMN id 列表）'),
+    sa.Column('next_timer_at', sa.DateTime(timezone=True), nullable=True, comment='最早到期的定时器'),
+    sa.Column('serialized', sa.Text(), nullable=False, comment='序列化的工作流状态（SpiffWorkflow JSON）'),
+    sa.Column('error', sa.Text(), nullable=True, comment='最近一次执行错误'),
+    sa.Column('lock_version', sa.Integer(), nullable=False, comment='乐观锁版本号'),
+    sa.ForeignKeyConstraint(['campus_id'], ['campuses.id'], name=op.f('fk_process_instances_campus_id_campuses')),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_process_instances_dept_id_departments')),
+    sa.ForeignKeyConstraint(['started_by_id'], ['users.id'], name=op.f('fk_process_instances_started_by_id_users')),
+    sa.ForeignKeyConstraint(['version_id'], ['process_versions.id'], name=op.f('fk_process_instances_version_id_process_versions')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_process_instances')),
+    comment='流程实例'
+    )
+    with op.batch_alter_table('process_instances', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_process_instances_dept_id'), ['dept_id'], unique=False)
+        batch_op.create_index('ix_process_instances_key_business', ['key', 'business_key'], unique=False)
+        batch_op.create_index(batch_op.f('ix_process_instances_next_timer_at'), ['next_timer_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_process_instances_started_by_id'), ['started_by_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_process_instances_status'), ['status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_process_instances_version_id'), ['version_id'], unique=False)
+
+    op.create_table('human_tasks',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('instance_id', sa.Integer(), nullable=False, comment='流程实例'),
+    sa.Column('task_guid', sa.String(length=36), nullable=False, comment='引擎任务标识'),
+    sa.Column('spec_name', sa.String(length=64), nullable=False, comment='BPMN 元素 id'),
+    sa.Column('name', sa.String(length=128), nullable=False, comment='任务名称'),
+    sa.Column('lane', sa.String(length=64), nullable=True, comment='泳道'),
+    sa.Column('role_code', sa.String(length=32), nullable=True, comment='候选角色编码'),
+    sa.Column('dept_id', sa.Integer(), nullable=True, comment='数据范围：科室'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='数据范围：院区'),
+    sa.Column('assignee_id', sa.Integer(), nullable=True, comment='处理人（已认领/指派）'),
+    sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=True, comment='认领时间'),
+    sa.Column('form_key', sa.String(length=128), nullable=True, comment='表单文件名'),
+    sa.Column('form_version', sa.Integer(), nullable=True, comment='表单版本'),
+    sa.Column('properties', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='任务扩展属性'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：ready/completed/cancelled'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='到达时间'),
+    sa.Column('due_at', sa.DateTime(timezone=True), nullable=True, comment='期限'),
+    sa.Column('completed_at', sa.DateTime(timezone=True), nullable=True, comment='完成时间'),
+    sa.Column('completed_by_id', sa.Integer(), nullable=True, comment='完成人'),
+    sa.ForeignKeyConstraint(['assignee_id'], ['users.id'], name=op.f('fk_human_tasks_assignee_id_users')),
+    sa.ForeignKeyConstraint(['campus_id'], ['campuses.id'], name=op.f('fk_human_tasks_campus_id_campuses')),
+    sa.ForeignKeyConstraint(['completed_by_id'], ['users.id'], name=op.f('fk_human_tasks_completed_by_id_users')),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_human_tasks_dept_id_departments')),
+    sa.ForeignKeyConstraint(['instance_id'], ['process_instances.id'], name=op.f('fk_human_tasks_instance_id_process_instances')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_human_tasks')),
+    sa.UniqueConstraint('task_guid', name=op.f('uq_human_tasks_task_guid')),
+    comment='人工任务（待办收件箱投影）'
+    )
+    with op.batch_alter_table('human_tasks', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_human_tasks_assignee_id'), ['assignee_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_human_tasks_due_at'), ['due_at'], unique=False)
+        batch_op.create_index('ix_human_tasks_inbox', ['status', 'role_code', 'dept_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_human_tasks_instance_id'), ['instance_id'], unique=False)
+
+    op.create_table('message_waits',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('instance_id', sa.Integer(), nullable=False, comment='流程实例'),
+    sa.Column('message_name', sa.String(length=128), nullable=False, comment='消息名称'),
+    sa.Column('correlation_key', sa.String(length=128), nullable=False, comment='关联键（医嘱号、申请单号）'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='开始等待时间'),
+    sa.ForeignKeyConstraint(['instance_id'], ['process_instances.id'], name=op.f('fk_message_waits_instance_id_process_instances')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_message_waits')),
+    comment='等待中的消息事件（按关联键索引）'
+    )
+    with op.batch_alter_table('message_waits', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_message_waits_instance_id'), ['instance_id'], unique=False)
+        batch_op.create_index('ix_message_waits_lookup', ['message_name', 'correlation_key'], unique=False)
+
+    op.create_table('processed_messages',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('message_id', sa.String(length=128), nullable=False, comment='消息唯一标识'),
+    sa.Column('message_name', sa.String(length=128), nullable=False, comment='消息名称'),
+    sa.Column('instance_id', sa.Integer(), nullable=True, comment='投递到的实例'),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False, comment='处理时间'),
+    sa.ForeignKeyConstraint(['instance_id'], ['process_instances.id'], name=op.f('fk_processed_messages_instance_id_process_instances')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_processed_messages')),
+    sa.UniqueConstraint('message_id', name=op.f('uq_processed_messages_message_id')),
+    comment='已处理的消息（按消息 id 幂等）'
+    )
+    op.create_table('task_logs',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('instance_id', sa.Integer(), nullable=False, comment='流程实例'),
+    sa.Column('task_guid', sa.String(length=36), nullable=True, comment='引擎任务标识'),
+    sa.Column('spec_name', sa.String(length=64), nullable=True, comment='BPMN 元素 id'),
+    sa.Column('task_name', sa.String(length=128), nullable=True, comment='任务名称'),
+    sa.Column('action', sa.String(length=32), nullable=False, comment='动作：start/claim/unclaim/complete/send_back/delegate/withdraw/terminate/message/timer'),
+    sa.Column('actor_id', sa.Integer(), nullable=True, comment='操作人'),
+    sa.Column('actor_name', sa.String(length=64), nullable=True, comment='操作人姓名或系统名'),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False, comment='时间'),
+    sa.Column('address', sa.String(length=64), nullable=True, comment='来源地址'),
+    sa.Column('terminal', sa.String(length=255), nullable=True, comment='终端'),
+    sa.Column('data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True, comment='提交的数据'),
+    sa.Column('comment', sa.Text(), nullable=True, comment='意见/原因'),
+    sa.ForeignKeyConstraint(['actor_id'], ['users.id'], name=op.f('fk_task_logs_actor_id_users')),
+    sa.ForeignKeyConstraint(['instance_id'], ['process_instances.id'], name=op.f('fk_task_logs_instance_id_process_instances')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_task_logs')),
+    comment='流程步骤日志（谁、何时、何终端、提交了什么）'
+    )
+    with op.batch_alter_table('task_logs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_task_logs_instance_id'), ['instance_id'], unique=False)
+
     # ### end Alembic commands ###
 
 def downgrade():
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('task_logs', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_task_logs_instance_id'))
+
+    op.drop_table('task_logs')
+    op.drop_table('processed_messages')
+    with op.batch_alter_table('message_waits', schema=None) as batch_op:
+        batch_op.drop_index('ix_message_waits_lookup')
+        batch_op.drop_index(batch_op.f('ix_message_waits_instance_id'))
+
+    op.drop_table('message_waits')
+    with op.batch_alter_table('human_tasks', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_human_tasks_instance_id'))
+        batch_op.drop_index('ix_human_tasks_inbox')
+        batch_op.drop_index(batch_op.f('ix_human_tasks_due_at'))
+        batch_op.drop_index(batch_op.f('ix_human_tasks_assignee_id'))
+
+    op.drop_table('human_tasks')
+    with op.batch_alter_table('process_instances', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_process_instances_version_id'))
+        batch_op.drop_index(batch_op.f('ix_process_instances_status'))
+        batch_op.drop_index(batch_op.f('ix_process_instances_started_by_id'))
+        batch_op.drop_index(batch_op.f('ix_process_instances_next_timer_at'))
+        batch_op.drop_index('ix_process_instances_key_business')
+        batch_op.drop_index(batch_op.f('ix_process_instances_dept_id'))
+
+    op.drop_table('process_instances')
+    op.drop_table('process_definitions')
+    with op.batch_alter_table('privilege_grants', schema=None) as batch_op:
+        batch_op.drop_index('ix_privilege_grants_user_item_status')
+        batch_op.drop_index(batch_op.f('ix_privilege_grants_item_id'))
+        batch_op.drop_index(batch_op.f('ix_privilege_grants_application_id'))
+
+    op.drop_table('privilege_grants')
+    with op.batch_alter_table('privilege_application_items', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_privilege_application_items_item_id'))
+        batch_op.drop_index(batch_op.f('ix_privilege_application_items_application_id'))
+
+    op.drop_table('privilege_application_items')
     with op.batch_alter_table('user_roles', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_user_roles_user_id'))
         batch_op.drop_index(batch_op.f('ix_user_roles_role_id'))
 
     op.drop_table('user_roles')
+    with op.batch_alter_table('process_versions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_process_versions_key'))
+
+    op.drop_table('process_versions')
+    with op.batch_alter_table('privilege_applications', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_privilege_applications_instance_id'))
+        batch_op.drop_index(batch_op.f('ix_privilege_applications_dept_id'))
+        batch_op.drop_index('ix_privilege_applications_applicant_status')
+
+    op.drop_table('privilege_applications')
     with op.batch_alter_table('notifications', schema=None) as batch_op:
         batch_op.drop_index('ix_notifications_user_unread')
 
     op.drop_table('notifications')
+    with op.batch_alter_table('form_templates', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_form_templates_key'))
+
+    op.drop_table('form_templates')
     with op.batch_alter_table('audit_logs', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_logs_entity')
         batch_op.drop_index(batch_op.f('ix_audit_logs_at'))
@@ -188,11 +513,17 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_role_permissions_role_id'))
 
     op.drop_table('role_permissions')
+    with op.batch_alter_table('privilege_items', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_privilege_items_procedure_code'))
+        batch_op.drop_index('ix_privilege_items_category_grade')
+
+    op.drop_table('privilege_items')
     with op.batch_alter_table('departments', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_departments_campus_id'))
 
     op.drop_table('departments')
     op.drop_table('roles')
+    op.drop_table('privilege_categories')
     op.drop_table('campuses')
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_api_tokens_system'))

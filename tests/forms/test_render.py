@@ -46,7 +46,7 @@ def test_input_kinds_follow_type_format_and_enum(leave_form):
     assert notify.count('type="checkbox"') == 3 and 'name="notify" value="护士长"' in notify
     urgent = _field(html, "urgent")
     assert 'type="radio" id="f-urgent-0" name="urgent" value="true"' in urgent and "否" in urgent
-    assert re.search(r'<textarea rows="6" class="json" id="f-items" name="items"', html)
+    assert re.search(r'<textarea rows="6" placeholder="按 JSON 格式填写" class="json" id="f-items" name="items"', html)
 
 
 def test_nested_object_renders_as_a_fieldset_with_dotted_names(leave_form):
@@ -134,3 +134,17 @@ def test_readonly_shows_values_with_labels_and_no_inputs(leave_form):
 
 def test_a_form_without_properties_renders_empty():
     assert "data-field" not in str(render(FormDef("x", 1, {"type": "object"})))
+
+
+def test_datetime_values_show_as_beijing_wall_clock():
+    form = FormDef("t", 1, {"type": "object", "properties": {
+        "at": {"type": "string", "format": "date-time", "title": "时间"}}})
+    html = str(render(form, {"at": "2024-05-01T00:30:00Z"}))
+    assert 'type="datetime-local" value="2024-05-01T08:30"' in html
+
+
+def test_flat_form_encoded_data_is_echoed_back(leave_form):
+    html = str(render(leave_form, {"contact.name": "王医生", "days": "三", "notify": "医务处"}))
+    assert 'value="王医生"' in _field(html, "contact.name")
+    assert 'value="三"' in _field(html, "days")
+    assert 'value="医务处" checked' in _field(html, "notify")

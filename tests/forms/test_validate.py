@@ -146,3 +146,12 @@ def test_datetime_local_values_are_read_as_beijing_time():
     assert validate(form, data) is data
     assert validation_errors(form, {"at": "2024-05-01 8点"}) == [
         {"path": "at", "message": "“时间”应为有效的日期时间（如 2024-05-01T08:30:00+08:00）"}]
+
+
+def test_conditional_requirements_still_name_the_field_in_chinese(leave_form):
+    leave_form.schema["if"] = {"required": ["kind"], "properties": {"kind": {"const": "sick"}}}
+    leave_form.schema["then"] = {"required": ["mobile"], "properties": {"mobile": {"minLength": 11}}}
+    assert _errors(leave_form, VALID) == {"mobile": "“手机号”为必填项"}
+    assert validation_errors(leave_form, dict(VALID, mobile="1")) == [
+        {"path": "mobile", "message": "“手机号”格式不正确"}, {"path": "mobile", "message": "“手机号”至少 11 个字符"}]
+    assert validate(leave_form, dict(VALID, kind="annual"))

@@ -1,0 +1,1 @@
+"""Reference data shipped with the privilege catalogue (subsets of the national code tables, see build.py)."""

@@ -1,0 +1,167 @@
+"""Clinical-privilege models: the catalogue (categories, items), applications and grants."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.auth.models import Campus, Department, User
+from app.db import Model, TimestampMixin, utcnow
+
+
+class ApplicationStatus(StrEnum):
+    DRAFT = "draft"
+    IN_REVIEW = "in_review"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+
+    @property
+    def label(self) -> str:
+        return APPLICATION_STATUS_LABELS[self.value]
+
+
+APPLICATION_STATUS_LABELS = {"draft": "草稿", "in_review": "审核中", "approved": "已批准", "rejected": "未通过",
+                             "withdrawn": "已撤回"}
+OPEN_APPLICATION_STATUSES = (ApplicationStatus.DRAFT.value, ApplicationStatus.IN_REVIEW.value)
+
+
+class GrantStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+    @property
+    def label(self) -> str:
+        return GRANT_STATUS_LABELS[self.value]
+
+
+GRANT_STATUS_LABELS = {"active": "生效中", "suspended": "已暂停", "revoked": "已停止", "expired": "已过期"}
+
+
+class PrivilegeCategory(TimestampMixin, Model):
+    __tablename__ = "privilege_categories"
+    __table_args__ = {"comment": "医疗权限授权类别（九大类）"}
+    id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
+    code: Mapped[str] = mapped_column(String(32), unique=True, comment="类别编码")
+    name: Mapped[str] = mapped_column(String(64), comment="类别名称")
+    description: Mapped[str | None] = mapped_column(String(500), comment="说明")
+    validity_years: Mapped[int] = mapped_column(default=2, comment="默认授权有效期（年）")
+    validity_days: Mapped[int | None] = mapped_column(comment="按天计的有效期（紧急授权等；设置时优先于年）")
+    sort_order: Mapped[int] = mapped_column(default=0, comment="排序号")
+    is_active: Mapped[bool] = mapped_column(default=True, comment="是否启用")
+
+    items: Mapped[list[PrivilegeItem]] = relationship(back_populates="category")
+
+
+class PrivilegeItem(TimestampMixin, Model):
+    __tablename__ = "privilege_items"
+    __table_args__ = (
+        Index("ix_privilege_items_category_grade", "category_id", "grade_level"),
+        {"comment": "医疗权限授权项目（目录）"},
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
+    category_id: Mapped[int] = mapped_column(ForeignKey("privilege_categories.id"), comment="所属类别")
+    code: Mapped[str] = mapped_column(String(64), unique=True, comment="项目编码（院内唯一）")
+    name: Mapped[str] = mapped_column(String(200), comment="项目名称")
+    grade: Mapped[str | None] = mapped_column(String(32), comment="级别名称（如 三级、特殊使用级）")
+    grade_level: Mapped[int | None] = mapped_column(comment="级别序号（1 起，越大要求越高；用于审批层级判定）")
+    procedure_code: Mapped[str | None] = mapped_column(String(32), index=True,
+                                                       comment="手术操作编码（ICD-9-CM-3 国家临床版 2.0）")
+    procedure_category: Mapped[str | None] = mapped_column(
+        String(16), comment="编码类别：手术/介入治疗/治疗性操作/诊断性操作")
+    chapter: Mapped[str | None] = mapped_column(String(64), comment="所属章节或分组（如 消化系统手术）")
+    requirements: Mapped[str | None] = mapped_column(Text, comment="授权条件（职称、资质、培训考核要求）")
+    note: Mapped[str | None] = mapped_column(String(500), comment="备注（来源、演示数据说明）")
+    source: Mapped[str | None] = mapped_column(String(200), comment="依据或数据来源")
+    sort_order: Mapped[int] = mapped_column(default=0, comment="排序号")
+    is_active: Mapped[bool] = mapped_column(default=True, comment="是否启用")
+
+    category: Mapped[PrivilegeCategory] = relationship(back_populates="items", lazy="joined")
+
+
+class PrivilegeApplication(TimestampMixin, Model):
+    __tablename__ = "privilege_applications"
+    __table_args__ = (
+        Index("ix_privilege_applications_applicant_status", "applicant_id", "status"),
+        {"comment": "医疗权限申请"},
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, comment="主键（申请编号）")
+    applicant_id: Mapped[int] = mapped_column(ForeignKey("users.id"), comment="申请人")
+    dept_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"), index=True, comment="申请时所在科室")
+    campus_id: Mapped[int | None] = mapped_column(ForeignKey("campuses.id"), comment="申请时所在院区")
+    status: Mapped[ApplicationStatus] = mapped_column(String(16), default=ApplicationStatus.DRAFT,
+                                                      comment="状态：draft/in_review/approved/rejected/withdrawn")
+    reason: Mapped[str] = mapped_column(Text, comment="申请理由")
+    instance_id: Mapped[int | None] = mapped_column(index=True, comment="审批流程实例编号")
+    submitted_at: Mapped[datetime | None] = mapped_column(comment="提交时间")
+    decided_at: Mapped[datetime | None] = mapped_column(comment="办结时间")
+    final_comment: Mapped[str | None] = mapped_column(Text, comment="最终审批意见")
+
+    applicant: Mapped[User] = relationship(foreign_keys=[applicant_id], lazy="joined")
+    dept: Mapped[Department | None] = relationship(lazy="joined")
+    campus: Mapped[Campus | None] = relationship()
+    items: Mapped[list[PrivilegeApplicationItem]] = relationship(
+        back_populates="application", cascade="all, delete-orphan", lazy="selectin",
+        order_by="PrivilegeApplicationItem.id")
+
+    @property
+    def number(self) -> str:
+        return f"QX{self.id:06d}"
+
+    @property
+    def status_label(self) -> str:
+        return APPLICATION_STATUS_LABELS.get(str(self.status), str(self.status))
+
+
+class PrivilegeApplicationItem(Model):
+    __tablename__ = "privilege_application_items"
+    __table_args__ = (UniqueConstraint("application_id", "item_id"), {"comment": "医疗权限申请所含项目"})
+    id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
+    application_id: Mapped[int] = mapped_column(ForeignKey("privilege_applications.id"), index=True,
+                                                comment="所属申请")
+    item_id: Mapped[int] = mapped_column(ForeignKey("privilege_items.id"), index=True, comment="申请的授权项目")
+
+    application: Mapped[PrivilegeApplication] = relationship(back_populates="items")
+    item: Mapped[PrivilegeItem] = relationship(lazy="joined")
+
+
+class Grant(TimestampMixin, Model):
+    __tablename__ = "privilege_grants"
+    __table_args__ = (
+        Index("ix_privilege_grants_user_item_status", "user_id", "item_id", "status"),
+        {"comment": "医疗权限授予记录"},
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), comment="被授权医师")
+    item_id: Mapped[int] = mapped_column(ForeignKey("privilege_items.id"), index=True, comment="授权项目")
+    application_id: Mapped[int | None] = mapped_column(ForeignKey("privilege_applications.id"), index=True,
+                                                       comment="来源申请")
+    status: Mapped[GrantStatus] = mapped_column(String(16), default=GrantStatus.ACTIVE,
+                                                comment="状态：active/suspended/revoked/expired")
+    valid_from: Mapped[date] = mapped_column(comment="生效日期")
+    valid_until: Mapped[date | None] = mapped_column(comment="有效期至（含当日）")
+    granted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="批准人")
+    granted_at: Mapped[datetime] = mapped_column(default=utcnow, comment="授予时间")
+    revoked_at: Mapped[datetime | None] = mapped_column(comment="暂停、停止或失效时间")
+    revoked_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="暂停或停止操作人")
+    revoked_reason: Mapped[str | None] = mapped_column(String(500), comment="暂停、停止或失效原因")
+
+    user: Mapped[User] = relationship(foreign_keys=[user_id], lazy="joined")
+    item: Mapped[PrivilegeItem] = relationship(lazy="joined")
+    application: Mapped[PrivilegeApplication | None] = relationship()
+    granted_by: Mapped[User | None] = relationship(foreign_keys=[granted_by_id])
+    revoked_by: Mapped[User | None] = relationship(foreign_keys=[revoked_by_id])
+
+    @property
+    def status_label(self) -> str:
+        return GRANT_STATUS_LABELS.get(str(self.status), str(self.status))
+
+    def is_effective(self, on: date) -> bool:
+        """Active and inside its validity window on the given day."""
+        return (self.status == GrantStatus.ACTIVE and self.valid_from <= on
+                and (self.valid_until is None or on <= self.valid_until))
