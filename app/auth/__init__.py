@@ -16,4 +16,3 @@ def register(app):
     add_nav("auth_admin.users", "用户管理", "users.manage", order=91)
     add_nav("auth_admin.roles", "角色与权限", "users.manage", order=92)
     add_nav("auth_admin.departments", "院区与科室", "users.manage", order=93)
-    add_nav("account.change_password", "修改密码", None, order=99)
