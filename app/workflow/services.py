@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -338,6 +339,8 @@ def _project(instance: ProcessInstance, wf, p: engine.ParsedVersion, *, actor: U
             select(HumanTask).where(HumanTask.instance_id == instance.id, HumanTask.status == TaskStatus.READY)
         )
     }
+    # delete before touching the instance: the query's autoflush would otherwise write the row twice
+    db.session.query(MessageWait).filter(MessageWait.instance_id == instance.id).delete()
     for guid, row in existing.items():
         if guid not in ready_guids:
             row.status = TaskStatus.CANCELLED
@@ -373,7 +376,6 @@ def _project(instance: ProcessInstance, wf, p: engine.ParsedVersion, *, actor: U
     instance.done_nodes = engine.completed_spec_names(wf, p)
     waits = engine.waiting(wf)
     instance.next_timer_at = min(waits.timers) if waits.timers else None
-    db.session.query(MessageWait).filter(MessageWait.instance_id == instance.id).delete()
     data = engine.workflow_data(wf)
     corr = str(data.get("correlation_key") or instance.business_key)
     for name in sorted({m[0] for m in waits.messages}):
@@ -384,7 +386,6 @@ def _project(instance: ProcessInstance, wf, p: engine.ParsedVersion, *, actor: U
         instance.status = InstanceStatus.REJECTED if end.get("final_decision") == "rejected" else InstanceStatus.COMPLETED
         instance.ended_at = utcnow()
         instance.next_timer_at = None
-        db.session.query(MessageWait).filter(MessageWait.instance_id == instance.id).delete()
         _log(instance, "end", actor, data={"final_decision": end.get("final_decision")},
              task_name=instance.status_label)
         for fn in hooks.END_HOOKS.get(instance.key, []):
@@ -755,6 +756,95 @@ def migrate_instance(*, instance_id: int, actor: User, to_version: ProcessVersio
                  after={"version": target.version, "changed_tasks": changed})
     _save(instance)
     return instance
+
+
+# ---------------------------------------------------------------- headless instances (closed loops: the hot path)
+
+# Hot workflows kept in memory by the worker process, keyed by the row's identity and optimistic-lock
+# version: a version another process wrote is a miss, so a stale workflow is never used.
+_HOT_MAX = 20000
+_hot: OrderedDict[tuple[int, float], tuple[int, Any]] = OrderedDict()
+
+
+def _hot_key(instance: ProcessInstance) -> tuple[int, float]:
+    return (instance.id, instance.started_at.timestamp() if instance.started_at else 0.0)
+
+
+def _hot_put(instance: ProcessInstance, wf) -> None:
+    key = _hot_key(instance)
+    _hot[key] = (instance.lock_version, wf)
+    _hot.move_to_end(key)
+    while len(_hot) > _HOT_MAX:
+        _hot.popitem(last=False)
+
+
+def _hot_load(instance: ProcessInstance):
+    version = db.session.get(ProcessVersion, instance.version_id)
+    assert version is not None
+    p = parsed(version)
+    hit = _hot.get(_hot_key(instance))
+    if hit is not None and hit[0] == instance.lock_version:
+        return hit[1], p
+    return engine.loads(instance.serialized), p
+
+
+def start_headless(*, key: str, business_key: str, title: str, data: dict[str, Any] | None = None,
+                   dept_id: int | None = None, campus_id: int | None = None) -> ProcessInstance:
+    """Start a system-driven instance (no initiator, no human tasks), e.g. an order's closed loop."""
+    version = active_version(key)
+    assert version is not None
+    p = parsed(version)
+    wf = engine.new_workflow(p, dict(data or {}))
+    try:
+        engine.run(wf)
+    except engine.EngineError as exc:
+        raise WorkflowFailed(exc.message, task=exc.task_name) from exc
+    instance = ProcessInstance(
+        key=key, version_id=version.id, business_key=str(business_key)[:64], title=title[:200],
+        status=InstanceStatus.RUNNING, dept_id=dept_id, campus_id=campus_id, started_by_id=None,
+        serialized=engine.dumps(wf), started_at=utcnow(),
+    )
+    db.session.add(instance)
+    db.session.flush()
+    _hot_put(instance, wf)
+    return instance
+
+
+@dataclass
+class BatchResult:
+    errors: list[str | None]
+    completed: bool
+    end_node: str | None
+
+
+def deliver_batch(*, instance: ProcessInstance, messages: list[tuple[str, dict[str, Any]]],
+                  project_nodes: bool = True) -> BatchResult:
+    """Deliver several messages to one system-driven instance whose row the caller holds, saving once.
+    A message the instance is not waiting for is reported in `errors`, not raised."""
+    wf, p = _hot_load(instance)
+    errors: list[str | None] = []
+    for name, payload in messages:
+        try:
+            engine.send_message(wf, name, payload)
+            engine.run(wf)
+            errors.append(None)
+        except engine.EngineError as exc:
+            errors.append(exc.message)
+    end_node = None
+    completed = engine.is_completed(wf)
+    if project_nodes or completed:
+        done = engine.completed_spec_names(wf, p)
+        instance.done_nodes = done
+        instance.current_nodes = engine.current_spec_names(wf, p)
+        if completed:
+            end_node = next((n for n in ("interrupted", "closed") if n in done), None)
+    if completed and instance.status == InstanceStatus.RUNNING:
+        instance.status = InstanceStatus.COMPLETED
+        instance.ended_at = utcnow()
+    instance.serialized = engine.dumps(wf)
+    db.session.flush()
+    _hot_put(instance, wf)
+    return BatchResult(errors=errors, completed=completed, end_node=end_node)
 
 
 # ---------------------------------------------------------------- queries for pages

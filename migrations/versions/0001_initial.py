@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 03:10:01.760086
+Create Date: 2026-11-23 03:19:57.075524
 
 """
 from alembic import op
@@ -43,6 +43,70 @@ def upgrade():
     sa.UniqueConstraint('code', name=op.f('uq_campuses_code')),
     comment='院区'
     )
+    op.create_table('interface_mappings',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('source', sa.String(length=32), nullable=False, comment='来源系统（HIS/LIS/PACS…，* 表示全部）'),
+    sa.Column('kind', sa.String(length=64), nullable=False, comment='类别：order_type 医嘱类型 / node:<闭环> 状态码 / dept 科室'),
+    sa.Column('code', sa.String(length=64), nullable=False, comment='外部编码'),
+    sa.Column('target', sa.String(length=64), nullable=False, comment='对应的闭环类型/节点/科室编码'),
+    sa.Column('note', sa.String(length=200), nullable=True, comment='说明'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_interface_mappings')),
+    sa.UniqueConstraint('source', 'kind', 'code', name=op.f('uq_interface_mappings_source')),
+    comment='接口字典（外部编码→闭环编码）'
+    )
+    op.create_table('loop_events',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='主键'),
+    sa.Column('source', sa.String(length=32), nullable=False, comment='来源系统'),
+    sa.Column('event_id', sa.String(length=128), nullable=False, comment='来源事件 ID（来源内唯一）'),
+    sa.Column('channel', sa.String(length=16), nullable=False, comment='接入方式：rest/soap/hl7/db'),
+    sa.Column('order_no', sa.String(length=64), nullable=False, comment='医嘱号'),
+    sa.Column('order_type', sa.String(length=64), nullable=False, comment='医嘱类型（原值）'),
+    sa.Column('loop_type_key', sa.String(length=64), nullable=False, comment='闭环类型（映射后）'),
+    sa.Column('node', sa.String(length=64), nullable=False, comment='节点/状态码（原值）'),
+    sa.Column('node_key', sa.String(length=64), nullable=False, comment='节点（映射后）'),
+    sa.Column('occurred_at', sa.DateTime(timezone=True), nullable=False, comment='发生时间'),
+    sa.Column('received_at', sa.DateTime(timezone=True), nullable=False, comment='接收时间'),
+    sa.Column('operator_id', sa.String(length=64), nullable=True, comment='操作人工号'),
+    sa.Column('operator_name', sa.String(length=64), nullable=True, comment='操作人'),
+    sa.Column('patient_id', sa.String(length=64), nullable=True, comment='患者 ID'),
+    sa.Column('patient_name', sa.String(length=64), nullable=True, comment='患者姓名'),
+    sa.Column('inpatient_no', sa.String(length=64), nullable=True, comment='住院号'),
+    sa.Column('dept', sa.String(length=32), nullable=True, comment='科室编码'),
+    sa.Column('campus', sa.String(length=32), nullable=True, comment='院区编码'),
+    sa.Column('terminal', sa.String(length=128), nullable=True, comment='终端'),
+    sa.Column('data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='节点数据'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='应用状态'),
+    sa.Column('applied_at', sa.DateTime(timezone=True), nullable=True, comment='应用时间'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_loop_events')),
+    sa.UniqueConstraint('source', 'event_id', name=op.f('uq_loop_events_source')),
+    comment='闭环事件（只追加；接收即持久化）'
+    )
+    with op.batch_alter_table('loop_events', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_loop_events_operator_id'), ['operator_id'], unique=False)
+        batch_op.create_index('ix_loop_events_order_status', ['order_no', 'status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_loop_events_patient_id'), ['patient_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_loop_events_terminal'), ['terminal'], unique=False)
+
+    op.create_table('outbox_messages',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键（消息编号，对方据此去重）'),
+    sa.Column('channel', sa.String(length=32), nullable=False, comment='发送通道（如 his）'),
+    sa.Column('event', sa.String(length=64), nullable=False, comment='事件类型（如 privilege.changed）'),
+    sa.Column('payload', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='消息内容（JSON）'),
+    sa.Column('key', sa.String(length=128), nullable=True, comment='顺序键：同一键的消息严格按写入顺序发送'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：pending/sending/sent/dead'),
+    sa.Column('attempts', sa.Integer(), nullable=False, comment='已失败的发送次数'),
+    sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=False, comment='下次发送时间'),
+    sa.Column('last_error', sa.Text(), nullable=True, comment='最近一次失败原因'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='写入时间'),
+    sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True, comment='发送成功时间'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox_messages')),
+    comment='对外接口发件箱（与业务变更同一事务写入，由后台任务发送、重试、死信）'
+    )
+    with op.batch_alter_table('outbox_messages', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_outbox_messages_channel'), ['channel'], unique=False)
+        batch_op.create_index('ix_outbox_messages_key_id', ['key', 'id'], unique=False)
+        batch_op.create_index('ix_outbox_messages_status_next_attempt_at', ['status', 'next_attempt_at'], unique=False)
+
     op.create_table('privilege_categories',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('code', sa.String(length=32), nullable=False, comment='类别编码'),
@@ -57,6 +121,13 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_categories')),
     sa.UniqueConstraint('code', name=op.f('uq_privilege_categories_code')),
     comment='医疗权限授权类别（九大类）'
+    )
+    op.create_table('privilege_index_versions',
+    sa.Column('id', sa.Integer(), autoincrement=False, nullable=False, comment='主键（固定为 1）'),
+    sa.Column('version', sa.BigInteger(), nullable=False, comment='版本号：授权、人员或目录每变更一次加一'),
+    sa.Column('changed_at', sa.DateTime(timezone=True), nullable=False, comment='最近变更时间'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_index_versions')),
+    comment='授权校验缓存版本号（未配置 Redis 时各进程据此判断缓存是否失效）'
     )
     op.create_table('roles',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
@@ -82,6 +153,27 @@ def upgrade():
     )
     with op.batch_alter_table('departments', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_departments_campus_id'), ['campus_id'], unique=False)
+
+    op.create_table('loop_types',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('key', sa.String(length=64), nullable=False, comment='闭环类型标识（对接用）'),
+    sa.Column('name', sa.String(length=64), nullable=False, comment='闭环名称'),
+    sa.Column('order_category', sa.String(length=16), nullable=False, comment='医嘱类别（药品/检验/检查/手术…）'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='院区（空=集团标准）'),
+    sa.Column('process_key', sa.String(length=80), nullable=False, comment='对应 BPMN 流程标识'),
+    sa.Column('grace_minutes', sa.Integer(), nullable=False, comment='缺环等待时长（分钟）'),
+    sa.Column('stall_minutes', sa.Integer(), nullable=False, comment='停滞告警阈值（分钟）'),
+    sa.Column('template_of', sa.String(length=64), nullable=True, comment='复制自的典型闭环'),
+    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否启用'),
+    sa.Column('source_url_template', sa.String(length=500), nullable=True, comment='源系统调阅链接模板（{order_no}）'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['campus_id'], ['campuses.id'], name=op.f('fk_loop_types_campus_id_campuses')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_loop_types')),
+    sa.UniqueConstraint('key', 'campus_id', name=op.f('uq_loop_types_key')),
+    comment='闭环类型（集团标准或院区版本）'
+    )
+    with op.batch_alter_table('loop_types', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_loop_types_key'), ['key'], unique=False)
 
     op.create_table('privilege_items',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
@@ -120,6 +212,24 @@ def upgrade():
     )
     with op.batch_alter_table('role_permissions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_role_permissions_role_id'), ['role_id'], unique=False)
+
+    op.create_table('loop_nodes',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('loop_type_id', sa.Integer(), nullable=False, comment='闭环类型'),
+    sa.Column('seq', sa.Integer(), nullable=False, comment='顺序（从 0 开始）'),
+    sa.Column('key', sa.String(length=64), nullable=False, comment='节点标识'),
+    sa.Column('name', sa.String(length=64), nullable=False, comment='节点名称'),
+    sa.Column('standard_minutes', sa.Integer(), nullable=False, comment='标准用时（分钟，自上一节点起）'),
+    sa.Column('required_fields', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='必填数据字段'),
+    sa.Column('qc_rules', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='质控规则'),
+    sa.Column('responsible_role', sa.String(length=32), nullable=True, comment='责任角色（告警接收）'),
+    sa.ForeignKeyConstraint(['loop_type_id'], ['loop_types.id'], name=op.f('fk_loop_nodes_loop_type_id_loop_types')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_loop_nodes')),
+    sa.UniqueConstraint('loop_type_id', 'key', name=op.f('uq_loop_nodes_loop_type_id')),
+    comment='闭环节点定义'
+    )
+    with op.batch_alter_table('loop_nodes', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_loop_nodes_loop_type_id'), ['loop_type_id'], unique=False)
 
     op.create_table('users',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
@@ -386,6 +496,47 @@ def upgrade():
         batch_op.create_index('ix_human_tasks_inbox', ['status', 'role_code', 'dept_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_human_tasks_instance_id'), ['instance_id'], unique=False)
 
+    op.create_table('loop_orders',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='主键'),
+    sa.Column('order_no', sa.String(length=64), nullable=False, comment='医嘱号'),
+    sa.Column('loop_type_key', sa.String(length=64), nullable=False, comment='闭环类型'),
+    sa.Column('loop_type_id', sa.Integer(), nullable=True, comment='所用闭环类型版本'),
+    sa.Column('instance_id', sa.Integer(), nullable=True, comment='流程实例'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态'),
+    sa.Column('patient_id', sa.String(length=64), nullable=True, comment='患者 ID'),
+    sa.Column('patient_name', sa.String(length=64), nullable=True, comment='患者姓名'),
+    sa.Column('inpatient_no', sa.String(length=64), nullable=True, comment='住院号'),
+    sa.Column('dept_code', sa.String(length=32), nullable=True, comment='科室编码（来源系统）'),
+    sa.Column('dept_id', sa.Integer(), nullable=True, comment='科室'),
+    sa.Column('campus_code', sa.String(length=32), nullable=True, comment='院区编码'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='院区'),
+    sa.Column('current_node', sa.String(length=64), nullable=True, comment='当前节点'),
+    sa.Column('started_at', sa.DateTime(timezone=True), nullable=True, comment='首个节点时间'),
+    sa.Column('ended_at', sa.DateTime(timezone=True), nullable=True, comment='闭环或中断时间'),
+    sa.Column('interrupted_node', sa.String(length=64), nullable=True, comment='中断时所在节点'),
+    sa.Column('interrupted_minutes', sa.Integer(), nullable=True, comment='中断前已用时（分钟）'),
+    sa.Column('has_skipped', sa.Boolean(), nullable=False, comment='是否有缺环'),
+    sa.Column('has_abnormal', sa.Boolean(), nullable=False, comment='是否有异常环节'),
+    sa.Column('pending', sa.Boolean(), nullable=False, comment='是否有待应用事件'),
+    sa.Column('wait_until', sa.DateTime(timezone=True), nullable=True, comment='等待前序节点至'),
+    sa.Column('last_event_at', sa.DateTime(timezone=True), nullable=True, comment='最近事件时间'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.ForeignKeyConstraint(['campus_id'], ['campuses.id'], name=op.f('fk_loop_orders_campus_id_campuses')),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_loop_orders_dept_id_departments')),
+    sa.ForeignKeyConstraint(['instance_id'], ['process_instances.id'], name=op.f('fk_loop_orders_instance_id_process_instances')),
+    sa.ForeignKeyConstraint(['loop_type_id'], ['loop_types.id'], name=op.f('fk_loop_orders_loop_type_id_loop_types')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_loop_orders')),
+    sa.UniqueConstraint('order_no', name=op.f('uq_loop_orders_order_no')),
+    comment='医嘱（闭环主索引）'
+    )
+    with op.batch_alter_table('loop_orders', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_loop_orders_dept_id'), ['dept_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_loop_orders_inpatient_no'), ['inpatient_no'], unique=False)
+        batch_op.create_index(batch_op.f('ix_loop_orders_patient_id'), ['patient_id'], unique=False)
+        batch_op.create_index('ix_loop_orders_pending', ['pending', 'wait_until'], unique=False)
+        batch_op.create_index(batch_op.f('ix_loop_orders_status'), ['status'], unique=False)
+        batch_op.create_index('ix_loop_orders_type_started', ['loop_type_key', 'started_at'], unique=False)
+
     op.create_table('message_waits',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('instance_id', sa.Integer(), nullable=False, comment='流程实例'),
@@ -399,6 +550,47 @@ def upgrade():
     with op.batch_alter_table('message_waits', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_message_waits_instance_id'), ['instance_id'], unique=False)
         batch_op.create_index('ix_message_waits_lookup', ['message_name', 'correlation_key'], unique=False)
+
+    op.create_table('privilege_emergency_grants',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('grant_id', sa.Integer(), nullable=False, comment='对应的授权记录'),
+    sa.Column('starts_at', sa.DateTime(timezone=True), nullable=False, comment='生效时间'),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False, comment='失效时间（精确到分钟，最长 72 小时）'),
+    sa.Column('hours', sa.Integer(), nullable=False, comment='授权时长（小时）'),
+    sa.Column('reason', sa.Text(), nullable=False, comment='紧急授权理由（患者情况、无相应权限医师在场等）'),
+    sa.Column('patient_ref', sa.String(length=64), nullable=True, comment='相关患者住院号或门诊号（可选）'),
+    sa.Column('granted_by_id', sa.Integer(), nullable=True, comment='授权人（医务处）'),
+    sa.Column('review_instance_id', sa.Integer(), nullable=True, comment='事后审核流程实例编号'),
+    sa.Column('review_status', sa.String(length=16), nullable=False, comment='事后审核状态：pending/kept/revoked'),
+    sa.Column('reviewed_at', sa.DateTime(timezone=True), nullable=True, comment='事后审核完成时间'),
+    sa.Column('reviewed_by_id', sa.Integer(), nullable=True, comment='事后审核人'),
+    sa.Column('review_comment', sa.Text(), nullable=True, comment='事后审核意见'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['grant_id'], ['privilege_grants.id'], name=op.f('fk_privilege_emergency_grants_grant_id_privilege_grants')),
+    sa.ForeignKeyConstraint(['granted_by_id'], ['users.id'], name=op.f('fk_privilege_emergency_grants_granted_by_id_users')),
+    sa.ForeignKeyConstraint(['reviewed_by_id'], ['users.id'], name=op.f('fk_privilege_emergency_grants_reviewed_by_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_emergency_grants')),
+    sa.UniqueConstraint('grant_id', name=op.f('uq_privilege_emergency_grants_grant_id')),
+    comment='紧急授权（限时、事后审核）'
+    )
+    with op.batch_alter_table('privilege_emergency_grants', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_privilege_emergency_grants_expires_at'), ['expires_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_privilege_emergency_grants_review_instance_id'), ['review_instance_id'], unique=False)
+
+    op.create_table('privilege_grant_reminders',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('grant_id', sa.Integer(), nullable=False, comment='授权记录'),
+    sa.Column('days_before', sa.Integer(), nullable=False, comment='提醒档（到期前天数：60 或 30）'),
+    sa.Column('valid_until', sa.Date(), nullable=False, comment='提醒时的有效期至'),
+    sa.Column('sent_at', sa.DateTime(timezone=True), nullable=False, comment='提醒时间'),
+    sa.ForeignKeyConstraint(['grant_id'], ['privilege_grants.id'], name=op.f('fk_privilege_grant_reminders_grant_id_privilege_grants')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_grant_reminders')),
+    sa.UniqueConstraint('grant_id', 'days_before', name=op.f('uq_privilege_grant_reminders_grant_id')),
+    comment='授权到期提醒记录（每项授权每个提醒档只发一次）'
+    )
+    with op.batch_alter_table('privilege_grant_reminders', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_privilege_grant_reminders_grant_id'), ['grant_id'], unique=False)
 
     op.create_table('processed_messages',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
@@ -433,20 +625,69 @@ def upgrade():
     with op.batch_alter_table('task_logs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_task_logs_instance_id'), ['instance_id'], unique=False)
 
+    op.create_table('loop_node_states',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='主键'),
+    sa.Column('order_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='医嘱'),
+    sa.Column('seq', sa.Integer(), nullable=False, comment='顺序'),
+    sa.Column('node_key', sa.String(length=64), nullable=False, comment='节点标识'),
+    sa.Column('name', sa.String(length=64), nullable=False, comment='节点名称'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态'),
+    sa.Column('occurred_at', sa.DateTime(timezone=True), nullable=True, comment='发生时间'),
+    sa.Column('operator_id', sa.String(length=64), nullable=True, comment='操作人工号'),
+    sa.Column('operator_name', sa.String(length=64), nullable=True, comment='操作人'),
+    sa.Column('terminal', sa.String(length=128), nullable=True, comment='终端'),
+    sa.Column('source', sa.String(length=32), nullable=True, comment='来源系统'),
+    sa.Column('minutes_since_previous', sa.Integer(), nullable=True, comment='距上一节点用时（分钟）'),
+    sa.Column('standard_minutes', sa.Integer(), nullable=True, comment='标准用时（分钟）'),
+    sa.Column('deviation_minutes', sa.Integer(), nullable=True, comment='偏差（实际-标准，分钟）'),
+    sa.Column('note', sa.Text(), nullable=True, comment='说明（异常原因、缺环说明）'),
+    sa.Column('event_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='来源事件'),
+    sa.ForeignKeyConstraint(['order_id'], ['loop_orders.id'], name=op.f('fk_loop_node_states_order_id_loop_orders')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_loop_node_states')),
+    sa.UniqueConstraint('order_id', 'node_key', name=op.f('uq_loop_node_states_order_id')),
+    comment='医嘱闭环节点状态（时间轴投影）'
+    )
+    with op.batch_alter_table('loop_node_states', schema=None) as batch_op:
+        batch_op.create_index('ix_loop_node_states_node_time', ['node_key', 'occurred_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_loop_node_states_order_id'), ['order_id'], unique=False)
+
     # ### end Alembic commands ###
 
 def downgrade():
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('loop_node_states', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_loop_node_states_order_id'))
+        batch_op.drop_index('ix_loop_node_states_node_time')
+
+    op.drop_table('loop_node_states')
     with op.batch_alter_table('task_logs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_task_logs_instance_id'))
 
     op.drop_table('task_logs')
     op.drop_table('processed_messages')
+    with op.batch_alter_table('privilege_grant_reminders', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_privilege_grant_reminders_grant_id'))
+
+    op.drop_table('privilege_grant_reminders')
+    with op.batch_alter_table('privilege_emergency_grants', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_privilege_emergency_grants_review_instance_id'))
+        batch_op.drop_index(batch_op.f('ix_privilege_emergency_grants_expires_at'))
+
+    op.drop_table('privilege_emergency_grants')
     with op.batch_alter_table('message_waits', schema=None) as batch_op:
         batch_op.drop_index('ix_message_waits_lookup')
         batch_op.drop_index(batch_op.f('ix_message_waits_instance_id'))
 
     op.drop_table('message_waits')
+    with op.batch_alter_table('loop_orders', schema=None) as batch_op:
+        batch_op.drop_index('ix_loop_orders_type_started')
+        batch_op.drop_index(batch_op.f('ix_loop_orders_status'))
+        batch_op.drop_index('ix_loop_orders_pending')
+        batch_op.drop_index(batch_op.f('ix_loop_orders_patient_id'))
+        batch_op.drop_index(batch_op.f('ix_loop_orders_inpatient_no'))
+        batch_op.drop_index(batch_op.f('ix_loop_orders_dept_id'))
+
+    op.drop_table('loop_orders')
     with op.batch_alter_table('human_tasks', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_human_tasks_instance_id'))
         batch_op.drop_index('ix_human_tasks_inbox')
@@ -509,6 +750,10 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_users_dept_id'))
 
     op.drop_table('users')
+    with op.batch_alter_table('loop_nodes', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_loop_nodes_loop_type_id'))
+
+    op.drop_table('loop_nodes')
     with op.batch_alter_table('role_permissions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_role_permissions_role_id'))
 
@@ -518,12 +763,31 @@ def downgrade():
         batch_op.drop_index('ix_privilege_items_category_grade')
 
     op.drop_table('privilege_items')
+    with op.batch_alter_table('loop_types', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_loop_types_key'))
+
+    op.drop_table('loop_types')
     with op.batch_alter_table('departments', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_departments_campus_id'))
 
     op.drop_table('departments')
     op.drop_table('roles')
+    op.drop_table('privilege_index_versions')
     op.drop_table('privilege_categories')
+    with op.batch_alter_table('outbox_messages', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_messages_status_next_attempt_at')
+        batch_op.drop_index('ix_outbox_messages_key_id')
+        batch_op.drop_index(batch_op.f('ix_outbox_messages_channel'))
+
+    op.drop_table('outbox_messages')
+    with op.batch_alter_table('loop_events', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_loop_events_terminal'))
+        batch_op.drop_index(batch_op.f('ix_loop_events_patient_id'))
+        batch_op.drop_index('ix_loop_events_order_status')
+        batch_op.drop_index(batch_op.f('ix_loop_events_operator_id'))
+
+    op.drop_table('loop_events')
+    op.drop_table('interface_mappings')
     op.drop_table('campuses')
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_api_tokens_system'))

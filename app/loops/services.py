@@ -1,0 +1,573 @@
+"""Closed loops: intake of hospital-system events, applying them to each order's BPMN loop, projections.
+
+Invariants:
+- an accepted event is stored (unique on source + event_id) before the sender gets its answer; a
+  duplicate is acknowledged and changes nothing; a bad event is rejected alone, with a reason and a path;
+- events of one order are applied by one worker at a time (the order row is locked, SKIP LOCKED), in loop
+  order as far as they can be: a node whose predecessors are missing waits up to the loop's grace period,
+  then the missing nodes are marked skipped (缺环) and the loop moves on;
+- nothing rolls a loop back: a skipped node that arrives later is kept and shown as late; an event for a
+  node already done is kept as a repeat; `cancelled` ends the loop as interrupted, `abnormal` flags the
+  current node and keeps the loop open;
+- the stored events are the queue: a lost wake-up only delays applying, a periodic sweep picks it up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from app.db import db, utcnow
+from app.loops import bpmn
+from app.loops.catalog import LOOPS, RESERVED_NODES
+from app.loops.models import (
+    EventStatus,
+    InterfaceMapping,
+    LoopEvent,
+    LoopNode,
+    LoopNodeState,
+    LoopOrder,
+    LoopType,
+    NodeStatus,
+    OrderStatus,
+)
+
+MAX_BATCH = 1000
+
+# ---------------------------------------------------------------- loop types
+
+
+def seed_loop_types() -> int:
+    """Create the group-standard loop types from the catalogue (idempotent). Returns how many were created."""
+    existing = {t.key for t in db.session.scalars(select(LoopType).where(LoopType.campus_id.is_(None)))}
+    created = 0
+    for d in LOOPS:
+        if d.key in existing:
+            continue
+        lt = LoopType(key=d.key, name=d.name, order_category=d.order_category, process_key=bpmn.process_key(d.key),
+                      grace_minutes=d.grace_minutes)
+        for i, n in enumerate(d.nodes):
+            lt.nodes.append(LoopNode(seq=i, key=n.key, name=n.name, standard_minutes=n.standard_minutes))
+        db.session.add(lt)
+        created += 1
+    db.session.flush()
+    _TYPES.clear()
+    return created
+
+
+@dataclass
+class TypeInfo:
+    id: int
+    key: str
+    name: str
+    process_key: str
+    grace: timedelta
+    nodes: list[tuple[str, str, int]]  # (key, name, standard minutes) in order
+    index: dict[str, int] = field(default_factory=dict)
+
+
+_TYPES: dict[tuple[str, int | None], TypeInfo] = {}
+
+
+def type_info(key: str, campus_id: int | None = None) -> TypeInfo | None:
+    """The loop definition in force for a campus (its own version, else the group standard); cached."""
+    for cache_key in ((key, campus_id), (key, None)):
+        hit = _TYPES.get(cache_key)
+        if hit is not None:
+            return hit
+        lt = db.session.scalar(select(LoopType).where(LoopType.key == key, LoopType.campus_id == cache_key[1]
+                                                      if cache_key[1] is not None else LoopType.campus_id.is_(None),
+                                                      LoopType.is_active.is_(True)))
+        if lt is not None:
+            info = TypeInfo(id=lt.id, key=lt.key, name=lt.name, process_key=lt.process_key,
+                            grace=timedelta(minutes=lt.grace_minutes),
+                            nodes=[(n.key, n.name, n.standard_minutes) for n in lt.nodes])
+            info.index = {k: i for i, (k, _n, _m) in enumerate(info.nodes)}
+            _TYPES[cache_key] = info
+            return info
+    return None
+
+
+def invalidate_types() -> None:
+    _TYPES.clear()
+    _MAPPINGS.clear()
+
+
+def loop_types_out() -> list[dict[str, Any]]:
+    out = []
+    for lt in db.session.scalars(select(LoopType).where(LoopType.campus_id.is_(None), LoopType.is_active.is_(True))
+                                 .order_by(LoopType.id)):
+        out.append({"key": lt.key, "name": lt.name, "order_category": lt.order_category,
+                    "grace_minutes": lt.grace_minutes,
+                    "nodes": [{"key": n.key, "name": n.name, "standard_minutes": n.standard_minutes}
+                              for n in lt.nodes]})
+    return out
+
+
+def write_bpmn_files(directory) -> list[str]:
+    """Write processes/loops/loop_<key>.bpmn for every catalogue loop (the shipped group standard)."""
+    from pathlib import Path
+
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    written = []
+    for d in LOOPS:
+        path = root / f"{bpmn.process_key(d.key)}.bpmn"
+        path.write_text(bpmn.generate(loop_key=d.key, name=d.name, nodes=d.nodes), encoding="utf-8")
+        written.append(path.name)
+    return written
+
+
+# ---------------------------------------------------------------- interface dictionary
+
+_MAPPINGS: dict[tuple[str, str, str], str] = {}
+
+
+def _mapping(source: str, kind: str, code: str) -> str | None:
+    if not _MAPPINGS:
+        for m in db.session.scalars(select(InterfaceMapping)):
+            _MAPPINGS[(m.source, m.kind, m.code)] = m.target
+        _MAPPINGS[("", "", "")] = ""  # loaded marker
+    return _MAPPINGS.get((source, kind, code)) or _MAPPINGS.get(("*", kind, code))
+
+
+# ---------------------------------------------------------------- intake
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        return None
+    return dt.astimezone(UTC)
+
+
+def _str(ev: dict, name: str, errors: list, path: str, *, required: bool, max_len: int) -> str | None:
+    value = ev.get(name)
+    if value is None or value == "":
+        if required:
+            errors.append({"path": f"{path}/{name}", "message": f"必填：{FIELD_LABELS.get(name, name)}"})
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        errors.append({"path": f"{path}/{name}", "message": f"{FIELD_LABELS.get(name, name)}应为字符串"})
+        return None
+    value = value.strip()
+    if len(value) > max_len:
+        errors.append({"path": f"{path}/{name}", "message": f"{FIELD_LABELS.get(name, name)}不能超过 {max_len} 个字符"})
+        return None
+    return value
+
+
+FIELD_LABELS = {
+    "source": "来源系统 source", "event_id": "事件 ID event_id", "order_no": "医嘱号 order_no",
+    "order_type": "医嘱类型 order_type", "node": "节点 node", "occurred_at": "发生时间 occurred_at",
+    "dept": "科室 dept", "campus": "院区 campus", "terminal": "终端 terminal", "id": "编号 id", "name": "姓名 name",
+    "inpatient_no": "住院号 inpatient_no",
+}
+
+
+@dataclass
+class Normalized:
+    row: dict[str, Any]
+    index: int
+
+
+def normalize(ev: Any, path: str) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    """Validate one event and map its codes through the interface dictionary. Returns (row, errors)."""
+    errors: list[dict[str, str]] = []
+    if not isinstance(ev, dict):
+        return None, [{"path": path, "message": "事件应为 JSON 对象"}]
+    source = _str(ev, "source", errors, path, required=True, max_len=32)
+    event_id = _str(ev, "event_id", errors, path, required=True, max_len=128)
+    order_no = _str(ev, "order_no", errors, path, required=True, max_len=64)
+    order_type = _str(ev, "order_type", errors, path, required=True, max_len=64)
+    node = _str(ev, "node", errors, path, required=True, max_len=64)
+    dept = _str(ev, "dept", errors, path, required=False, max_len=32)
+    campus = _str(ev, "campus", errors, path, required=False, max_len=32)
+    terminal = _str(ev, "terminal", errors, path, required=False, max_len=128)
+    occurred = _parse_time(ev.get("occurred_at"))
+    if ev.get("occurred_at") in (None, ""):
+        errors.append({"path": f"{path}/occurred_at", "message": "必填：发生时间 occurred_at"})
+    elif occurred is None:
+        errors.append({"path": f"{path}/occurred_at",
+                       "message": "发生时间应为带时区偏移的 ISO 8601 时间，如 2026-11-23T10:00:00+08:00"})
+    elif occurred > utcnow() + timedelta(minutes=10):
+        errors.append({"path": f"{path}/occurred_at", "message": "发生时间晚于当前时间，请检查来源系统时钟"})
+    person: dict[str, dict[str, str | None]] = {}
+    for obj, fields in (("operator", ("id", "name")), ("patient", ("id", "name", "inpatient_no"))):
+        value = ev.get(obj)
+        if value is None:
+            person[obj] = {}
+            continue
+        if not isinstance(value, dict):
+            errors.append({"path": f"{path}/{obj}", "message": f"{obj} 应为 JSON 对象"})
+            person[obj] = {}
+            continue
+        person[obj] = {f: _str(value, f, errors, f"{path}/{obj}", required=False, max_len=64) for f in fields}
+    data = ev.get("data") or {}
+    if not isinstance(data, dict):
+        errors.append({"path": f"{path}/data", "message": "data 应为 JSON 对象"})
+        data = {}
+    loop_key = node_key = None
+    info = None
+    if source and order_type:
+        loop_key = order_type if type_info(order_type) else _mapping(source, "order_type", order_type)
+        info = type_info(loop_key) if loop_key else None
+        if info is None:
+            errors.append({"path": f"{path}/order_type",
+                           "message": f"未知的医嘱类型「{order_type}」：既不是闭环类型标识，也未在接口字典中映射"})
+    if info is not None and node and source:
+        if node in info.index or node in RESERVED_NODES:
+            node_key = node
+        else:
+            node_key = _mapping(source, f"node:{info.key}", node) or _mapping(source, "node", node)
+            if node_key is None or (node_key not in info.index and node_key not in RESERVED_NODES):
+                errors.append({"path": f"{path}/node",
+                               "message": f"「{info.name}」闭环没有节点「{node}」，接口字典中也无此状态码映射"})
+                node_key = None
+    if errors:
+        return None, errors
+    return {
+        "source": source, "event_id": event_id, "order_no": order_no, "order_type": order_type,
+        "loop_type_key": loop_key, "node": node, "node_key": node_key, "occurred_at": occurred,
+        "operator_id": person["operator"].get("id"), "operator_name": person["operator"].get("name"),
+        "patient_id": person["patient"].get("id"), "patient_name": person["patient"].get("name"),
+        "inpatient_no": person["patient"].get("inpatient_no"), "dept": dept, "campus": campus,
+        "terminal": terminal, "data": data,
+    }, []
+
+
+def _insert(model):
+    dialect = db.session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(model)
+
+
+def intake(*, events: Any, channel: str = "rest") -> list[dict[str, Any]]:
+    """Store a batch of events durably (caller commits before answering). One result per event, in order:
+    accepted / duplicate / rejected with Chinese reasons and field paths. Raises nothing for bad events."""
+    from app.errors import ValidationFailed
+
+    if not isinstance(events, list) or not events:
+        raise ValidationFailed({"events": "events 应为非空数组"})
+    if len(events) > MAX_BATCH:
+        raise ValidationFailed({"events": f"一次最多提交 {MAX_BATCH} 个事件"})
+    results: list[dict[str, Any]] = [{} for _ in events]
+    rows: list[dict[str, Any]] = []
+    positions: dict[tuple[str, str], int] = {}
+    now = utcnow()
+    for i, ev in enumerate(events):
+        row, errors = normalize(ev, f"events/{i}")
+        if row is None:
+            results[i] = {"status": "rejected", "reason": errors[0]["message"], "errors": errors}
+            continue
+        key = (row["source"], row["event_id"])
+        if key in positions:
+            results[i] = {"status": "duplicate", "event_id": row["event_id"]}
+            continue
+        positions[key] = i
+        row["channel"] = channel
+        row["received_at"] = now
+        row["status"] = EventStatus.PENDING
+        rows.append(row)
+    inserted: set[tuple[str, str]] = set()
+    if rows:
+        stmt = _insert(LoopEvent).on_conflict_do_nothing(index_elements=["source", "event_id"]).returning(
+            LoopEvent.source, LoopEvent.event_id)
+        inserted = {(r[0], r[1]) for r in db.session.execute(stmt.values(rows))}
+    orders: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = (row["source"], row["event_id"])
+        i = positions[key]
+        if key in inserted:
+            results[i] = {"status": "accepted", "event_id": row["event_id"]}
+            o = orders.setdefault(row["order_no"], {
+                "order_no": row["order_no"], "loop_type_key": row["loop_type_key"], "pending": True,
+                "patient_id": row["patient_id"], "patient_name": row["patient_name"],
+                "inpatient_no": row["inpatient_no"], "dept_code": row["dept"], "campus_code": row["campus"],
+                "status": OrderStatus.IN_PROGRESS, "created_at": now,
+            })
+            for k_src, k_dst in (("patient_id", "patient_id"), ("patient_name", "patient_name"),
+                                 ("inpatient_no", "inpatient_no"), ("dept", "dept_code"), ("campus", "campus_code")):
+                if o[k_dst] is None and row[k_src]:
+                    o[k_dst] = row[k_src]
+        else:
+            results[i] = {"status": "duplicate", "event_id": row["event_id"]}
+    if orders:
+        ins = _insert(LoopOrder)
+        stmt = ins.on_conflict_do_update(index_elements=["order_no"], set_={"pending": True, "wait_until": None})
+        db.session.execute(stmt, list(orders.values()))
+    return results
+
+
+# ---------------------------------------------------------------- applying
+
+
+@dataclass
+class ApplyStats:
+    orders: int = 0
+    applied: int = 0
+    waiting: int = 0
+
+
+def _minutes(a: datetime | None, b: datetime | None) -> int | None:
+    if a is None or b is None:
+        return None
+    return int(round((b - a).total_seconds() / 60))
+
+
+def apply_pending(*, limit: int = 200, now: datetime | None = None) -> ApplyStats:
+    """Claim orders with pending events (row locks, SKIP LOCKED on PostgreSQL) and apply them. Caller commits."""
+    now = now or utcnow()
+    stmt = (select(LoopOrder).where(LoopOrder.pending.is_(True))
+            .where((LoopOrder.wait_until.is_(None)) | (LoopOrder.wait_until <= now))
+            .order_by(LoopOrder.id).limit(limit))
+    if db.session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True, of=LoopOrder)
+    orders = list(db.session.scalars(stmt))
+    stats = ApplyStats(orders=len(orders))
+    if not orders:
+        return stats
+    events_by_order: dict[str, list[LoopEvent]] = {}
+    for ev in db.session.scalars(select(LoopEvent).where(LoopEvent.order_no.in_([o.order_no for o in orders]),
+                                                          LoopEvent.status == EventStatus.PENDING)
+                                 .order_by(LoopEvent.occurred_at, LoopEvent.id)):
+        events_by_order.setdefault(ev.order_no, []).append(ev)
+    for order in orders:
+        applied, waiting = _apply_order(order, events_by_order.get(order.order_no, []), now)
+        stats.applied += applied
+        stats.waiting += waiting
+    db.session.flush()
+    return stats
+
+
+def _resolve_org(order: LoopOrder) -> None:
+    from app.auth.models import Campus, Department
+
+    if order.dept_code and order.dept_id is None:
+        dept = db.session.scalar(select(Department).where((Department.his_code == order.dept_code)
+                                                          | (Department.code == order.dept_code)))
+        if dept is not None:
+            order.dept_id = dept.id
+            order.campus_id = dept.campus_id
+    if order.campus_code and order.campus_id is None:
+        campus = db.session.scalar(select(Campus).where(Campus.code == order.campus_code))
+        if campus is not None:
+            order.campus_id = campus.id
+
+
+def _start_loop(order: LoopOrder, info: TypeInfo) -> dict[str, LoopNodeState]:
+    from app.workflow import services as wf
+
+    _resolve_org(order)
+    instance = wf.start_headless(key=info.process_key, business_key=order.order_no,
+                                 title=f"{info.name}闭环 {order.order_no}", dept_id=order.dept_id,
+                                 campus_id=order.campus_id, data={"order_no": order.order_no})
+    order.instance_id = instance.id
+    order.loop_type_id = info.id
+    states = {}
+    for i, (key, name, minutes) in enumerate(info.nodes):
+        st = LoopNodeState(seq=i, node_key=key, name=name, standard_minutes=minutes,
+                           status=NodeStatus.CURRENT if i == 0 else NodeStatus.PENDING)
+        order.states.append(st)
+        states[key] = st
+    order.current_node = info.nodes[0][0]
+    return states
+
+
+def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime) -> tuple[int, int]:
+    """Apply one order's pending events; returns (applied, still waiting)."""
+    from app.workflow import services as wf
+    from app.workflow.models import ProcessInstance
+
+    order.pending = False
+    order.wait_until = None
+    if not events:
+        return 0, 0
+    info = type_info(order.loop_type_key, order.campus_id)
+    if info is None:  # the loop type was deactivated after intake: keep the events, look again later
+        order.pending = True
+        order.wait_until = now + timedelta(minutes=5)
+        return 0, len(events)
+    states = {s.node_key: s for s in order.states} if order.instance_id else _start_loop(order, info)
+    instance = db.session.get(ProcessInstance, order.instance_id) if order.instance_id else None
+    messages: list[tuple[str, dict[str, Any]]] = []
+    alerts: list[tuple[str, str | None, str]] = []
+    applied = 0
+    remaining = list(events)
+
+    def position() -> int:
+        for i, (key, _n, _m) in enumerate(info.nodes):
+            if states[key].status in (NodeStatus.CURRENT, NodeStatus.PENDING, NodeStatus.ABNORMAL):
+                return i
+        return len(info.nodes)
+
+    def previous_time(idx: int) -> datetime | None:
+        for j in range(idx - 1, -1, -1):
+            st = states[info.nodes[j][0]]
+            if st.occurred_at is not None and st.status in (NodeStatus.DONE, NodeStatus.LATE):
+                return st.occurred_at
+        return None
+
+    def mark_done(st: LoopNodeState, ev: LoopEvent, idx: int, status: str) -> None:
+        st.status = status
+        st.occurred_at = ev.occurred_at
+        st.operator_id, st.operator_name = ev.operator_id, ev.operator_name
+        st.terminal, st.source, st.event_id = ev.terminal, ev.source, ev.id
+        prev = previous_time(idx)
+        st.minutes_since_previous = _minutes(prev, ev.occurred_at)
+        if st.minutes_since_previous is not None and st.standard_minutes is not None:
+            st.deviation_minutes = st.minutes_since_previous - st.standard_minutes
+
+    progress = True
+    while progress and remaining:
+        progress = False
+        for ev in list(remaining):
+            key = ev.node_key
+            if order.status != OrderStatus.IN_PROGRESS and key != "abnormal":
+                st = states.get(key)
+                if st is not None and st.status == NodeStatus.SKIPPED:
+                    mark_done(st, ev, info.index[key], NodeStatus.LATE)
+                    ev.status = EventStatus.LATE
+                elif st is not None and st.status in (NodeStatus.DONE, NodeStatus.LATE):
+                    ev.status = EventStatus.REPEAT
+                else:
+                    ev.status = EventStatus.IGNORED
+            elif key == "cancelled":
+                pos = position()
+                order.interrupted_node = info.nodes[pos][0] if pos < len(info.nodes) else None
+                order.status = OrderStatus.INTERRUPTED
+                order.ended_at = ev.occurred_at
+                order.interrupted_minutes = _minutes(order.started_at, ev.occurred_at)
+                messages.append(("cancelled", {"reason": ev.data.get("reason")}))
+                for st in states.values():
+                    if st.status == NodeStatus.CURRENT:
+                        st.status = NodeStatus.PENDING
+                ev.status = EventStatus.APPLIED
+            elif key == "abnormal":
+                pos = position()
+                target = states[info.nodes[min(pos, len(info.nodes) - 1)][0]]
+                target.status = NodeStatus.ABNORMAL if order.status == OrderStatus.IN_PROGRESS else target.status
+                reason = str(ev.data.get("reason") or ev.data.get("message") or "未说明原因")
+                target.note = f"异常：{reason}"
+                order.has_abnormal = True
+                alerts.append(("abnormal", target.node_key, f"{target.name}异常：{reason}"))
+                ev.status = EventStatus.APPLIED
+            else:
+                idx = info.index[key]
+                st = states[key]
+                pos = position()
+                if st.status in (NodeStatus.DONE, NodeStatus.LATE):
+                    ev.status = EventStatus.REPEAT
+                elif st.status == NodeStatus.SKIPPED:
+                    mark_done(st, ev, idx, NodeStatus.LATE)
+                    ev.status = EventStatus.LATE
+                elif idx > pos and ev.received_at + info.grace > now:
+                    continue  # predecessors may still come: wait
+                else:
+                    for j in range(pos, idx):
+                        gap = states[info.nodes[j][0]]
+                        gap.status = NodeStatus.SKIPPED
+                        gap.note = "缺环：超过等待时长仍未收到该节点"
+                        order.has_skipped = True
+                        messages.append((gap.node_key, {"skipped": True}))
+                        alerts.append(("skipped", gap.node_key, f"缺环：{gap.name}（由{ev.operator_name or ev.source}的后续节点触发）"))
+                    mark_done(st, ev, idx, NodeStatus.DONE)
+                    if order.started_at is None or idx == 0:
+                        order.started_at = order.started_at or ev.occurred_at
+                    messages.append((key, {"event_id": ev.event_id, "operator": ev.operator_id}))
+                    ev.status = EventStatus.APPLIED
+                    nxt = position()
+                    if nxt < len(info.nodes):
+                        nst = states[info.nodes[nxt][0]]
+                        if nst.status == NodeStatus.PENDING:
+                            nst.status = NodeStatus.CURRENT
+                        order.current_node = nst.node_key
+                    else:
+                        order.current_node = None
+                        order.status = OrderStatus.CLOSED
+                        order.ended_at = ev.occurred_at
+            ev.applied_at = now
+            remaining.remove(ev)
+            applied += 1
+            order.last_event_at = max(order.last_event_at or ev.occurred_at, ev.occurred_at)
+            progress = True
+            break
+    if order.started_at is None:
+        times = [s.occurred_at for s in states.values() if s.occurred_at]
+        order.started_at = min(times) if times else None
+    if remaining:
+        order.pending = True
+        order.wait_until = min(ev.received_at for ev in remaining) + info.grace
+    if messages and instance is not None:
+        wf.deliver_batch(instance=instance, messages=messages, project_nodes=False)
+    if alerts:
+        _raise_alerts(order, alerts)
+    return applied, len(remaining)
+
+
+def _raise_alerts(order: LoopOrder, alerts: list[tuple[str, str | None, str]]) -> None:
+    hook = ALERT_HOOKS[0] if ALERT_HOOKS else None
+    if hook is not None:
+        hook(order=order, alerts=alerts)
+
+
+# set by the alerts module (kept pluggable so the hot path stays small)
+ALERT_HOOKS: list[Any] = []
+
+
+def run_grace_sweep(*, now: datetime | None = None) -> int:
+    """Re-flag orders whose waiting period is over (the periodic sweep behind lost wake-ups)."""
+    now = now or utcnow()
+    result = db.session.execute(update(LoopOrder).where(LoopOrder.pending.is_(False), LoopOrder.wait_until <= now)
+                                .values(pending=True))
+    return getattr(result, "rowcount", 0) or 0
+
+
+# ---------------------------------------------------------------- reading
+
+
+def order_loop(order_no: str) -> dict[str, Any] | None:
+    order = db.session.scalar(select(LoopOrder).where(LoopOrder.order_no == order_no))
+    if order is None:
+        return None
+    return order_out(order)
+
+
+def order_out(order: LoopOrder) -> dict[str, Any]:
+    info = type_info(order.loop_type_key, order.campus_id)
+    states = list(order.states)
+    if not states and info is not None:  # events stored but not yet applied
+        states = [LoopNodeState(seq=i, node_key=k, name=n, standard_minutes=m, status=NodeStatus.PENDING)
+                  for i, (k, n, m) in enumerate(info.nodes)]
+    return {
+        "order_no": order.order_no,
+        "loop_type": order.loop_type_key,
+        "loop_name": info.name if info else order.loop_type_key,
+        "status": order.status,
+        "patient": {"id": order.patient_id, "name": order.patient_name, "inpatient_no": order.inpatient_no},
+        "dept": order.dept_code,
+        "started_at": order.started_at.isoformat() if order.started_at else None,
+        "ended_at": order.ended_at.isoformat() if order.ended_at else None,
+        "interrupted_node": order.interrupted_node,
+        "pending_events": order.pending,
+        "nodes": [{
+            "key": s.node_key, "name": s.name, "status": s.status,
+            "occurred_at": s.occurred_at.isoformat() if s.occurred_at else None,
+            "operator": {"id": s.operator_id, "name": s.operator_name} if s.operator_id or s.operator_name else None,
+            "minutes_since_previous": s.minutes_since_previous, "standard_minutes": s.standard_minutes,
+            "deviation_minutes": s.deviation_minutes, "note": s.note,
+        } for s in sorted(states, key=lambda s: s.seq)],
+    }
