@@ -14,3 +14,10 @@ def fire_due_timers() -> int:
         return fired
     finally:
         db.session.remove()
+
+
+@celery.task(name="medloop.periodic_jobs")
+def periodic_jobs() -> dict:
+    from app.jobs import run_jobs
+
+    return run_jobs()

@@ -12,7 +12,6 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Model, utcnow
 
-
 # 64-bit keys for the high-volume tables; SQLite's rowid needs INTEGER to autoincrement
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 

@@ -70,10 +70,25 @@ class TypeInfo:
 
 
 _TYPES: dict[tuple[str, int | None], TypeInfo] = {}
+# configuration is edited in web processes while workers apply events: caches expire after a short TTL
+CACHE_TTL_SECONDS = 30.0
+_cache_born: list[float] = [0.0]
+
+
+def _expire_caches() -> None:
+    import time
+
+    now = time.monotonic()
+    if now - _cache_born[0] > CACHE_TTL_SECONDS:
+        _TYPES.clear()
+        _MAPPINGS.clear()
+        _ORG.clear()
+        _cache_born[0] = now
 
 
 def type_info(key: str, campus_id: int | None = None) -> TypeInfo | None:
     """The loop definition in force for a campus (its own version, else the group standard); cached."""
+    _expire_caches()
     for cache_key in ((key, campus_id), (key, None)):
         hit = _TYPES.get(cache_key)
         if hit is not None:
@@ -92,8 +107,10 @@ def type_info(key: str, campus_id: int | None = None) -> TypeInfo | None:
 
 
 def invalidate_types() -> None:
+    """Forget cached loop definitions, interface mappings and departments (after configuration changes)."""
     _TYPES.clear()
     _MAPPINGS.clear()
+    _ORG.clear()
 
 
 def loop_types_out() -> list[dict[str, Any]]:
@@ -220,8 +237,9 @@ def normalize(ev: Any, path: str) -> tuple[dict[str, Any] | None, list[dict[str,
     loop_key = node_key = None
     info = None
     if source and order_type:
+        campus_id = org_of(dept, campus)[1]
         loop_key = order_type if type_info(order_type) else _mapping(source, "order_type", order_type)
-        info = type_info(loop_key) if loop_key else None
+        info = type_info(loop_key, campus_id) if loop_key else None
         if info is None:
             errors.append({"path": f"{path}/order_type",
                            "message": f"未知的医嘱类型「{order_type}」：既不是闭环类型标识，也未在接口字典中映射"})
@@ -353,19 +371,35 @@ def apply_pending(*, limit: int = 200, now: datetime | None = None) -> ApplyStat
     return stats
 
 
-def _resolve_org(order: LoopOrder) -> None:
+_ORG: dict[str, dict[str, tuple[int | None, int | None]]] = {}
+
+
+def org_of(dept_code: str | None, campus_code: str | None) -> tuple[int | None, int | None]:
+    """(dept_id, campus_id) for a source system's department code (HIS code or our code) and campus code; cached."""
     from app.auth.models import Campus, Department
 
-    if order.dept_code and order.dept_id is None:
-        dept = db.session.scalar(select(Department).where((Department.his_code == order.dept_code)
-                                                          | (Department.code == order.dept_code)))
-        if dept is not None:
-            order.dept_id = dept.id
-            order.campus_id = dept.campus_id
-    if order.campus_code and order.campus_id is None:
-        campus = db.session.scalar(select(Campus).where(Campus.code == order.campus_code))
-        if campus is not None:
-            order.campus_id = campus.id
+    if not _ORG:
+        _ORG["dept"] = {}
+        _ORG["campus"] = {}
+        for d in db.session.scalars(select(Department)):
+            _ORG["dept"][d.code] = (d.id, d.campus_id)
+            if d.his_code:
+                _ORG["dept"][d.his_code] = (d.id, d.campus_id)
+        for c in db.session.scalars(select(Campus)):
+            _ORG["campus"][c.code] = (None, c.id)
+    dept_id = campus_id = None
+    if dept_code and dept_code in _ORG["dept"]:
+        dept_id, campus_id = _ORG["dept"][dept_code]
+    if campus_id is None and campus_code and campus_code in _ORG["campus"]:
+        campus_id = _ORG["campus"][campus_code][1]
+    return dept_id, campus_id
+
+
+def _resolve_org(order: LoopOrder) -> None:
+    if order.dept_id is None or order.campus_id is None:
+        dept_id, campus_id = org_of(order.dept_code, order.campus_code)
+        order.dept_id = order.dept_id or dept_id
+        order.campus_id = order.campus_id or campus_id
 
 
 def _start_loop(order: LoopOrder, info: TypeInfo) -> dict[str, LoopNodeState]:
@@ -396,6 +430,8 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime) -> tu
     order.wait_until = None
     if not events:
         return 0, 0
+    if order.instance_id is None:
+        _resolve_org(order)
     info = type_info(order.loop_type_key, order.campus_id)
     if info is None:  # the loop type was deactivated after intake: keep the events, look again later
         order.pending = True
@@ -403,20 +439,23 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime) -> tu
         return 0, len(events)
     states = {s.node_key: s for s in order.states} if order.instance_id else _start_loop(order, info)
     instance = db.session.get(ProcessInstance, order.instance_id) if order.instance_id else None
+    # a running order keeps the node list it started with, whatever was edited since
+    nodes = [(s.node_key, s.name, s.standard_minutes) for s in sorted(states.values(), key=lambda s: s.seq)]
+    index = {k: i for i, (k, _n, _m) in enumerate(nodes)}
     messages: list[tuple[str, dict[str, Any]]] = []
     alerts: list[tuple[str, str | None, str]] = []
     applied = 0
     remaining = list(events)
 
     def position() -> int:
-        for i, (key, _n, _m) in enumerate(info.nodes):
+        for i, (key, _n, _m) in enumerate(nodes):
             if states[key].status in (NodeStatus.CURRENT, NodeStatus.PENDING, NodeStatus.ABNORMAL):
                 return i
-        return len(info.nodes)
+        return len(nodes)
 
     def previous_time(idx: int) -> datetime | None:
         for j in range(idx - 1, -1, -1):
-            st = states[info.nodes[j][0]]
+            st = states[nodes[j][0]]
             if st.occurred_at is not None and st.status in (NodeStatus.DONE, NodeStatus.LATE):
                 return st.occurred_at
         return None
@@ -439,7 +478,7 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime) -> tu
             if order.status != OrderStatus.IN_PROGRESS and key != "abnormal":
                 st = states.get(key)
                 if st is not None and st.status == NodeStatus.SKIPPED:
-                    mark_done(st, ev, info.index[key], NodeStatus.LATE)
+                    mark_done(st, ev, index[key], NodeStatus.LATE)
                     ev.status = EventStatus.LATE
                 elif st is not None and st.status in (NodeStatus.DONE, NodeStatus.LATE):
                     ev.status = EventStatus.REPEAT
@@ -447,7 +486,7 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime) -> tu
                     ev.status = EventStatus.IGNORED
             elif key == "cancelled":
                 pos = position()
-                order.interrupted_node = info.nodes[pos][0] if pos < len(info.nodes) else None
+                order.interrupted_node = nodes[pos][0] if pos < len(nodes) else None
                 order.status = OrderStatus.INTERRUPTED
                 order.ended_at = ev.occurred_at
                 order.interrupted_minutes = _minutes(order.started_at, ev.occurred_at)
@@ -458,15 +497,17 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime) -> tu
                 ev.status = EventStatus.APPLIED
             elif key == "abnormal":
                 pos = position()
-                target = states[info.nodes[min(pos, len(info.nodes) - 1)][0]]
+                target = states[nodes[min(pos, len(nodes) - 1)][0]]
                 target.status = NodeStatus.ABNORMAL if order.status == OrderStatus.IN_PROGRESS else target.status
                 reason = str(ev.data.get("reason") or ev.data.get("message") or "未说明原因")
                 target.note = f"异常：{reason}"
                 order.has_abnormal = True
                 alerts.append(("abnormal", target.node_key, f"{target.name}异常：{reason}"))
                 ev.status = EventStatus.APPLIED
+            elif key not in index:  # a node this order's loop version does not have
+                ev.status = EventStatus.IGNORED
             else:
-                idx = info.index[key]
+                idx = index[key]
                 st = states[key]
                 pos = position()
                 if st.status in (NodeStatus.DONE, NodeStatus.LATE):
@@ -478,7 +519,7 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime) -> tu
                     continue  # predecessors may still come: wait
                 else:
                     for j in range(pos, idx):
-                        gap = states[info.nodes[j][0]]
+                        gap = states[nodes[j][0]]
                         gap.status = NodeStatus.SKIPPED
                         gap.note = "缺环：超过等待时长仍未收到该节点"
                         order.has_skipped = True
@@ -490,8 +531,8 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime) -> tu
                     messages.append((key, {"event_id": ev.event_id, "operator": ev.operator_id}))
                     ev.status = EventStatus.APPLIED
                     nxt = position()
-                    if nxt < len(info.nodes):
-                        nst = states[info.nodes[nxt][0]]
+                    if nxt < len(nodes):
+                        nst = states[nodes[nxt][0]]
                         if nst.status == NodeStatus.PENDING:
                             nst.status = NodeStatus.CURRENT
                         order.current_node = nst.node_key

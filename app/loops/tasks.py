@@ -78,3 +78,13 @@ def start_in_process_applier(app, interval: float = 2.0) -> None:
     t = threading.Thread(target=loop, name="medloop-loops", daemon=True)
     t.start()
     _thread.append(t)
+
+
+def sweep() -> int:
+    """Periodic job: re-flag orders whose grace period ended and apply whatever is pending."""
+    from app.db import db
+    from app.loops import services
+
+    services.run_grace_sweep()
+    db.session.commit()
+    return drain()
