@@ -11,6 +11,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, Uni
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Model, utcnow
+from app.workflow.models import ProcessInstance
 
 # 64-bit keys for the high-volume tables; SQLite's rowid needs INTEGER to autoincrement
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -125,6 +126,7 @@ class LoopOrder(Model):
 
     states: Mapped[list[LoopNodeState]] = relationship(order_by="LoopNodeState.seq", lazy="selectin",
                                                        cascade="all, delete-orphan")
+    instance: Mapped[ProcessInstance | None] = relationship(lazy="raise_on_sql")
 
 
 class LoopNodeState(Model):

@@ -69,7 +69,7 @@ class TypeInfo:
     index: dict[str, int] = field(default_factory=dict)
 
 
-_TYPES: dict[tuple[str, int | None], TypeInfo] = {}
+_TYPES: dict[tuple[str, int | None], TypeInfo | None] = {}
 # configuration is edited in web processes while workers apply events: caches expire after a short TTL
 CACHE_TTL_SECONDS = 30.0
 _cache_born: list[float] = [0.0]
@@ -87,22 +87,26 @@ def _expire_caches() -> None:
 
 
 def type_info(key: str, campus_id: int | None = None) -> TypeInfo | None:
-    """The loop definition in force for a campus (its own version, else the group standard); cached."""
+    """The loop definition in force for a campus (its own version, else the group standard); cached,
+    including "no such version" answers so the hot path never queries for them again."""
     _expire_caches()
     for cache_key in ((key, campus_id), (key, None)):
-        hit = _TYPES.get(cache_key)
-        if hit is not None:
-            return hit
-        lt = db.session.scalar(select(LoopType).where(LoopType.key == key, LoopType.campus_id == cache_key[1]
-                                                      if cache_key[1] is not None else LoopType.campus_id.is_(None),
-                                                      LoopType.is_active.is_(True)))
-        if lt is not None:
-            info = TypeInfo(id=lt.id, key=lt.key, name=lt.name, process_key=lt.process_key,
-                            grace=timedelta(minutes=lt.grace_minutes),
-                            nodes=[(n.key, n.name, n.standard_minutes) for n in lt.nodes])
-            info.index = {k: i for i, (k, _n, _m) in enumerate(info.nodes)}
-            _TYPES[cache_key] = info
-            return info
+        if cache_key in _TYPES:
+            hit = _TYPES[cache_key]
+            if hit is not None:
+                return hit
+            continue
+        campus_cond = LoopType.campus_id == cache_key[1] if cache_key[1] is not None else LoopType.campus_id.is_(None)
+        lt = db.session.scalar(select(LoopType).where(LoopType.key == key, campus_cond, LoopType.is_active.is_(True)))
+        if lt is None:
+            _TYPES[cache_key] = None
+            continue
+        info = TypeInfo(id=lt.id, key=lt.key, name=lt.name, process_key=lt.process_key,
+                        grace=timedelta(minutes=lt.grace_minutes),
+                        nodes=[(n.key, n.name, n.standard_minutes) for n in lt.nodes])
+        info.index = {k: i for i, (k, _n, _m) in enumerate(info.nodes)}
+        _TYPES[cache_key] = info
+        return info
     return None
 
 
@@ -302,9 +306,11 @@ def intake(*, events: Any, channel: str = "rest") -> list[dict[str, Any]]:
         rows.append(row)
     inserted: set[tuple[str, str]] = set()
     if rows:
-        stmt = _insert(LoopEvent).on_conflict_do_nothing(index_elements=["source", "event_id"]).returning(
-            LoopEvent.source, LoopEvent.event_id)
-        inserted = {(r[0], r[1]) for r in db.session.execute(stmt.values(rows))}
+        # Core executemany ("insertmanyvalues"): one cached statement, batched, no ORM bookkeeping
+        table = LoopEvent.__table__
+        stmt = _insert(table).on_conflict_do_nothing(index_elements=["source", "event_id"]).returning(
+            table.c.source, table.c.event_id)
+        inserted = {(r[0], r[1]) for r in db.session.connection().execute(stmt, rows)}
     orders: dict[str, dict[str, Any]] = {}
     for row in rows:
         key = (row["source"], row["event_id"])
@@ -324,9 +330,9 @@ def intake(*, events: Any, channel: str = "rest") -> list[dict[str, Any]]:
         else:
             results[i] = {"status": "duplicate", "event_id": row["event_id"]}
     if orders:
-        ins = _insert(LoopOrder)
+        ins = _insert(LoopOrder.__table__)
         stmt = ins.on_conflict_do_update(index_elements=["order_no"], set_={"pending": True, "wait_until": None})
-        db.session.execute(stmt, list(orders.values()))
+        db.session.connection().execute(stmt, list(orders.values()))
     return results
 
 
@@ -358,16 +364,26 @@ def apply_pending(*, limit: int = 200, now: datetime | None = None) -> ApplyStat
     stats = ApplyStats(orders=len(orders))
     if not orders:
         return stats
+    from app.workflow import services as wf
+    from app.workflow.models import ProcessInstance
+
     events_by_order: dict[str, list[LoopEvent]] = {}
     for ev in db.session.scalars(select(LoopEvent).where(LoopEvent.order_no.in_([o.order_no for o in orders]),
                                                           LoopEvent.status == EventStatus.PENDING)
                                  .order_by(LoopEvent.occurred_at, LoopEvent.id)):
         events_by_order.setdefault(ev.order_no, []).append(ev)
-    for order in orders:
-        applied, waiting = _apply_order(order, events_by_order.get(order.order_no, []), now)
-        stats.applied += applied
-        stats.waiting += waiting
+    ids = [o.instance_id for o in orders if o.instance_id]
+    instances = {i.id: i for i in db.session.scalars(select(ProcessInstance).where(ProcessInstance.id.in_(ids)))} \
+        if ids else {}
+    hot: list[tuple[Any, Any]] = []
+    # one flush for the whole batch: no autoflush between orders
+    with db.session.no_autoflush:
+        for order in orders:
+            applied, waiting = _apply_order(order, events_by_order.get(order.order_no, []), now, instances, hot)
+            stats.applied += applied
+            stats.waiting += waiting
     db.session.flush()
+    wf.remember_headless(hot)
     return stats
 
 
@@ -402,14 +418,14 @@ def _resolve_org(order: LoopOrder) -> None:
         order.campus_id = order.campus_id or campus_id
 
 
-def _start_loop(order: LoopOrder, info: TypeInfo) -> dict[str, LoopNodeState]:
+def _start_loop(order: LoopOrder, info: TypeInfo) -> tuple[dict[str, LoopNodeState], Any, Any]:
     from app.workflow import services as wf
 
     _resolve_org(order)
-    instance = wf.start_headless(key=info.process_key, business_key=order.order_no,
-                                 title=f"{info.name}闭环 {order.order_no}", dept_id=order.dept_id,
-                                 campus_id=order.campus_id, data={"order_no": order.order_no})
-    order.instance_id = instance.id
+    instance, flow = wf.new_headless(key=info.process_key, business_key=order.order_no,
+                                     title=f"{info.name}闭环 {order.order_no}", dept_id=order.dept_id,
+                                     campus_id=order.campus_id, data={"order_no": order.order_no})
+    order.instance = instance
     order.loop_type_id = info.id
     states = {}
     for i, (key, name, minutes) in enumerate(info.nodes):
@@ -418,13 +434,13 @@ def _start_loop(order: LoopOrder, info: TypeInfo) -> dict[str, LoopNodeState]:
         order.states.append(st)
         states[key] = st
     order.current_node = info.nodes[0][0]
-    return states
+    return states, instance, flow
 
 
-def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime) -> tuple[int, int]:
-    """Apply one order's pending events; returns (applied, still waiting)."""
+def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime, instances: dict[int, Any],
+                 hot: list[tuple[Any, Any]]) -> tuple[int, int]:
+    """Apply one order's pending events in memory (the caller flushes the batch); returns (applied, waiting)."""
     from app.workflow import services as wf
-    from app.workflow.models import ProcessInstance
 
     order.pending = False
     order.wait_until = None
@@ -437,8 +453,12 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime) -> tu
         order.pending = True
         order.wait_until = now + timedelta(minutes=5)
         return 0, len(events)
-    states = {s.node_key: s for s in order.states} if order.instance_id else _start_loop(order, info)
-    instance = db.session.get(ProcessInstance, order.instance_id) if order.instance_id else None
+    if order.instance_id:
+        states = {s.node_key: s for s in order.states}
+        instance = instances.get(order.instance_id)
+        flow = wf.load_headless(instance) if instance is not None else None
+    else:
+        states, instance, flow = _start_loop(order, info)
     # a running order keeps the node list it started with, whatever was edited since
     nodes = [(s.node_key, s.name, s.standard_minutes) for s in sorted(states.values(), key=lambda s: s.seq)]
     index = {k: i for i, (k, _n, _m) in enumerate(nodes)}
@@ -552,8 +572,9 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime) -> tu
     if remaining:
         order.pending = True
         order.wait_until = min(ev.received_at for ev in remaining) + info.grace
-    if messages and instance is not None:
-        wf.deliver_batch(instance=instance, messages=messages, project_nodes=False)
+    if instance is not None and (messages or not instance.serialized):
+        wf.advance_headless(instance=instance, wf=flow, messages=messages)
+        hot.append((instance, flow))
     if alerts:
         _raise_alerts(order, alerts)
     return applied, len(remaining)

@@ -342,6 +342,58 @@ def loads(text: str) -> BpmnWorkflow:
     return wf
 
 
+# ---- compact serialization: the state without the spec. The spec of a version is immutable and cached,
+# so storing it in every instance (15–25 KB for a loop) costs disk, and rebuilding it on each load costs
+# most of a deserialization. Compact texts carry a marker and are restored against the cached spec.
+COMPACT_MARK = "medloop_compact"
+
+
+def _workflow_converter():
+    import json  # noqa: F401
+
+    typename = _serializer.registry.typenames[BpmnWorkflow]
+    return _serializer.registry.convert_to_dict[typename].args[1].__self__
+
+
+def dumps_compact(wf: BpmnWorkflow) -> str:
+    import json
+
+    from SpiffWorkflow.bpmn.serializer.default.workflow import WorkflowConverter
+
+    conv = _workflow_converter()
+    registry = _serializer.registry
+    registry._encoder_mode = True
+    try:
+        dct = WorkflowConverter.to_dict(conv, wf)
+        dct["subprocesses"] = conv.mapping_to_dict(wf.subprocesses)
+        dct["bpmn_events"] = registry.convert(wf.bpmn_events)
+        dct[_serializer.VERSION_KEY] = _serializer.VERSION
+        dct[COMPACT_MARK] = True
+        return json.dumps(dct, cls=_serializer._encoder_cls)
+    finally:
+        registry._encoder_mode = False
+
+
+def loads_any(text: str, parsed_version: ParsedVersion) -> BpmnWorkflow:
+    """Restore a full or compact serialization (compact ones against the version's cached spec)."""
+    import json
+    from uuid import UUID
+
+    if COMPACT_MARK not in text[-80:] and f'"{COMPACT_MARK}"' not in text:
+        return loads(text)
+    dct = json.loads(text, cls=_serializer.json_decoder_cls)
+    dct.pop(COMPACT_MARK, None)
+    conv = _workflow_converter()
+    wf = BpmnWorkflow(parsed_version.spec, parsed_version.subprocess_specs, deserializing=True)
+    wf.tasks = conv.mapping_from_dict(dct["tasks"], UUID, workflow=wf)
+    wf.task_tree = wf.tasks.get(UUID(dct["root"]))
+    conv.set_default_attributes(wf, dct)
+    conv.subprocesses_from_dict(dct["subprocesses"], wf)
+    wf.bpmn_events = _serializer.registry.restore(dct.pop("bpmn_events", []))
+    wf.script_engine = SCRIPT_ENGINE
+    return wf
+
+
 def run(wf: BpmnWorkflow, *, refresh_timers: bool = False) -> None:
     """Advance engine tasks; a due timer needs a refresh and a second pass."""
     try:
@@ -355,6 +407,14 @@ def run(wf: BpmnWorkflow, *, refresh_timers: bool = False) -> None:
         task = getattr(exc, "task", None) or getattr(exc, "task_spec", None)
         name = getattr(getattr(task, "task_spec", task), "bpmn_name", None) or getattr(task, "name", None)
         raise EngineError(f"流程执行出错（{name or '未知步骤'}）：{str(exc).splitlines()[0][:300]}", name) from exc
+
+
+def run_light(wf: BpmnWorkflow) -> None:
+    """Advance engine tasks once, for system-driven chains with no timers (the closed-loop hot path)."""
+    try:
+        wf.do_engine_steps()
+    except Exception as exc:  # noqa: BLE001
+        raise EngineError(f"流程执行出错：{str(exc).splitlines()[0][:300]}") from exc
 
 
 @dataclass

@@ -778,36 +778,81 @@ def _hot_put(instance: ProcessInstance, wf) -> None:
         _hot.popitem(last=False)
 
 
-def _hot_load(instance: ProcessInstance):
-    version = db.session.get(ProcessVersion, instance.version_id)
+_version_meta: dict[tuple[str, int], tuple[str, str]] = {}
+_active_meta: dict[tuple[str, str], tuple[float, int, str]] = {}
+ACTIVE_TTL_SECONDS = 10.0
+
+
+def _db_key() -> str:
+    bind = db.session.get_bind()
+    engine_ = getattr(bind, "engine", bind)
+    return str(engine_.url)
+
+
+def _parsed_for_version_id(version_id: int) -> engine.ParsedVersion:
+    """Parsed spec of a version id without loading the row again (versions are immutable)."""
+    meta = _version_meta.get((_db_key(), version_id))
+    if meta is not None:
+        hit = _parsed_cache.get(meta)
+        if hit is not None:
+            return hit
+    version = db.session.get(ProcessVersion, version_id)
     assert version is not None
-    p = parsed(version)
-    hit = _hot.get(_hot_key(instance))
-    if hit is not None and hit[0] == instance.lock_version:
-        return hit[1], p
-    return engine.loads(instance.serialized), p
+    _version_meta[(_db_key(), version_id)] = (version.key, version.checksum)
+    return parsed(version)
 
 
-def start_headless(*, key: str, business_key: str, title: str, data: dict[str, Any] | None = None,
-                   dept_id: int | None = None, campus_id: int | None = None) -> ProcessInstance:
-    """Start a system-driven instance (no initiator, no human tasks), e.g. an order's closed loop."""
+def _active_parsed(key: str) -> tuple[int, engine.ParsedVersion]:
+    """The active version id and parsed spec of a key, cached for a few seconds (uploads are rare)."""
+    import time
+
+    now = time.monotonic()
+    hit = _active_meta.get((_db_key(), key))
+    if hit is not None and now - hit[0] < ACTIVE_TTL_SECONDS:
+        return hit[1], _parsed_for_version_id(hit[1])
     version = active_version(key)
     assert version is not None
-    p = parsed(version)
+    _version_meta[(_db_key(), version.id)] = (version.key, version.checksum)
+    _active_meta[(_db_key(), key)] = (now, version.id, version.checksum)
+    return version.id, parsed(version)
+
+
+def new_headless(*, key: str, business_key: str, title: str, data: dict[str, Any] | None = None,
+                 dept_id: int | None = None, campus_id: int | None = None) -> tuple[ProcessInstance, Any]:
+    """Create (not flush) a system-driven instance of the key's active version, run to its first wait.
+    Returns the instance and its in-memory workflow for advance_headless()."""
+    version_id, p = _active_parsed(key)
     wf = engine.new_workflow(p, dict(data or {}))
     try:
         engine.run(wf)
     except engine.EngineError as exc:
         raise WorkflowFailed(exc.message, task=exc.task_name) from exc
     instance = ProcessInstance(
-        key=key, version_id=version.id, business_key=str(business_key)[:64], title=title[:200],
+        key=key, version_id=version_id, business_key=str(business_key)[:64], title=title[:200],
         status=InstanceStatus.RUNNING, dept_id=dept_id, campus_id=campus_id, started_by_id=None,
-        serialized=engine.dumps(wf), started_at=utcnow(),
+        serialized="", started_at=utcnow(), current_nodes=[], done_nodes=[],
     )
     db.session.add(instance)
+    return instance, wf
+
+
+def start_headless(*, key: str, business_key: str, title: str, data: dict[str, Any] | None = None,
+                   dept_id: int | None = None, campus_id: int | None = None) -> ProcessInstance:
+    """Start and save a system-driven instance (no initiator, no human tasks)."""
+    instance, wf = new_headless(key=key, business_key=business_key, title=title, data=data, dept_id=dept_id,
+                                campus_id=campus_id)
+    instance.serialized = engine.dumps_compact(wf)
     db.session.flush()
     _hot_put(instance, wf)
     return instance
+
+
+def load_headless(instance: ProcessInstance):
+    """The instance's workflow: from this process's hot cache when its version matches, else deserialized."""
+    hit = _hot.get(_hot_key(instance)) if instance.id is not None else None
+    if hit is not None and hit[0] == instance.lock_version:
+        return hit[1]
+    return engine.loads_any(instance.serialized, _parsed_for_version_id(instance.version_id))
 
 
 @dataclass
@@ -817,21 +862,21 @@ class BatchResult:
     end_node: str | None
 
 
-def deliver_batch(*, instance: ProcessInstance, messages: list[tuple[str, dict[str, Any]]],
-                  project_nodes: bool = True) -> BatchResult:
-    """Deliver several messages to one system-driven instance whose row the caller holds, saving once.
+def advance_headless(*, instance: ProcessInstance, wf, messages: list[tuple[str, dict[str, Any]]],
+                     project_nodes: bool = False) -> BatchResult:
+    """Deliver messages in memory and serialize once; the caller flushes (then calls remember_headless).
     A message the instance is not waiting for is reported in `errors`, not raised."""
-    wf, p = _hot_load(instance)
+    p = _parsed_for_version_id(instance.version_id)
     errors: list[str | None] = []
     for name, payload in messages:
         try:
             engine.send_message(wf, name, payload)
-            engine.run(wf)
+            engine.run_light(wf)
             errors.append(None)
         except engine.EngineError as exc:
             errors.append(exc.message)
-    end_node = None
     completed = engine.is_completed(wf)
+    end_node = None
     if project_nodes or completed:
         done = engine.completed_spec_names(wf, p)
         instance.done_nodes = done
@@ -841,10 +886,24 @@ def deliver_batch(*, instance: ProcessInstance, messages: list[tuple[str, dict[s
     if completed and instance.status == InstanceStatus.RUNNING:
         instance.status = InstanceStatus.COMPLETED
         instance.ended_at = utcnow()
-    instance.serialized = engine.dumps(wf)
+    instance.serialized = engine.dumps_compact(wf)
+    return BatchResult(errors=errors, completed=completed, end_node=end_node)
+
+
+def remember_headless(pairs: list[tuple[ProcessInstance, Any]]) -> None:
+    """After the flush that saved them: keep these workflows hot for the next batch of their instances."""
+    for instance, wf in pairs:
+        _hot_put(instance, wf)
+
+
+def deliver_batch(*, instance: ProcessInstance, messages: list[tuple[str, dict[str, Any]]],
+                  project_nodes: bool = True) -> BatchResult:
+    """Deliver several messages to one system-driven instance whose row the caller holds, saving once."""
+    wf = load_headless(instance)
+    result = advance_headless(instance=instance, wf=wf, messages=messages, project_nodes=project_nodes)
     db.session.flush()
     _hot_put(instance, wf)
-    return BatchResult(errors=errors, completed=completed, end_node=end_node)
+    return result
 
 
 # ---------------------------------------------------------------- queries for pages
@@ -867,7 +926,7 @@ def history(instance_id: int) -> list[TaskLog]:
 
 def instance_data(instance: ProcessInstance) -> dict[str, Any]:
     """Task data of an instance (deserializes: for detail pages only, never lists)."""
-    wf = engine.loads(instance.serialized)
+    wf = engine.loads_any(instance.serialized, _parsed_for_version_id(instance.version_id))
     return engine.workflow_data(wf)
 
 
