@@ -60,6 +60,9 @@ def serve_cmd(port: int, host: str, workers: int, production: bool | None) -> No
         deploy_shipped()
         db.session.commit()
     start_in_process_scheduler(app)
+    from app.loops.tasks import start_in_process_applier
+
+    start_in_process_applier(app)
     click.echo(f"MedLoop 内嵌模式：http://{host}:{port}  数据库：{app.config['SQLALCHEMY_DATABASE_URI']}")
     from werkzeug.serving import run_simple
 
