@@ -35,7 +35,7 @@ from app.auth.access import require
 from app.auth.models import Campus, Department, Role, Scope, User
 from app.auth.services import scope_of
 from app.core.paging import paginate
-from app.db import db
+from app.db import db, utcnow
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.loops import bpmn
 from app.loops import services as loops
@@ -379,6 +379,21 @@ def may_edit(user: User, campus_id: int | None) -> bool:
     return True
 
 
+def _dictionary_scope(user: User) -> None:
+    """The interface dictionary is edited by loop administrators or interface administrators (信息科), group-wide."""
+    if Scope.GROUP in (scope_of(user, "loops.admin"), scope_of(user, "integration.admin")):
+        return
+    raise Forbidden("维护接口字典需要全集团范围的闭环配置或接口管理权限")
+
+
+def may_edit_dictionary(user: User) -> bool:
+    try:
+        _dictionary_scope(user)
+    except Forbidden:
+        return False
+    return True
+
+
 def _deploy(lt: LoopType, nodes: list[dict[str, Any]], campus: Campus | None, actor: User,
             detail: str) -> int | None:
     """Generate the loop's BPMN and deploy it when it differs from the active version. Returns the version."""
@@ -424,6 +439,7 @@ def save_loop_nodes(*, key: str, campus: Campus | None, spec: dict[str, Any], ac
     version = _deploy(target, clean["nodes"], campus, actor, f"{target.name}（{where}）")
     target.grace_minutes = clean["grace_minutes"]
     target.stall_minutes = clean["stall_minutes"]
+    target.updated_at = utcnow()
     _write_nodes(target, clean["nodes"])
     db.session.flush()
     after = {**_nodes_snapshot(target), "process_version": version}
@@ -533,13 +549,6 @@ def mapping_kinds() -> list[tuple[str, str]]:
     return out
 
 
-def _node_keys(loop_key: str | None = None) -> set[str]:
-    stmt = select(LoopNode.key).join(LoopType, LoopType.id == LoopNode.loop_type_id)
-    if loop_key is not None:
-        stmt = stmt.where(LoopType.key == loop_key)
-    return set(db.session.scalars(stmt.distinct()))
-
-
 @dataclass
 class _Targets:
     """Lookup sets for validating many rows (an import) with a handful of queries."""
@@ -560,7 +569,7 @@ class _Targets:
 
 def _mapping_errors(data: dict[str, Any], targets: _Targets, *, prefix: str = "") -> tuple[dict[str, Any], dict[str, str]]:
     errors: dict[str, str] = {}
-    clean = {k: _text(data.get(k)) for k in ("source", "kind", "code", "target", "note")}
+    clean: dict[str, Any] = {k: _text(data.get(k)) for k in ("source", "kind", "code", "target", "note")}
     if not clean["source"]:
         errors[prefix + "source"] = "请填写来源系统（如 HIS、LIS，* 表示全部来源）"
     elif len(clean["source"]) > 32 or not re.fullmatch(r"\*|[A-Za-z0-9_\-]+", clean["source"]):
@@ -597,7 +606,7 @@ def _mapping_errors(data: dict[str, Any], targets: _Targets, *, prefix: str = ""
 def save_mapping(*, mapping: InterfaceMapping | None, data: dict[str, Any], actor: User) -> InterfaceMapping:
     """Create (mapping None) or change one dictionary row; the target must exist. Audited; caches dropped.
     Raises Forbidden, ValidationFailed (nothing written)."""
-    _admin_scope(actor, None)
+    _dictionary_scope(actor)
     clean, errors = _mapping_errors(data, _Targets.load())
     if not errors:
         clash = db.session.scalar(select(InterfaceMapping.id).where(
@@ -623,7 +632,7 @@ def save_mapping(*, mapping: InterfaceMapping | None, data: dict[str, Any], acto
 
 def delete_mapping(*, mapping: InterfaceMapping, actor: User) -> None:
     """Delete a dictionary row (configuration, not business data); the audit record keeps what it was."""
-    _admin_scope(actor, None)
+    _dictionary_scope(actor)
     before = audit.snapshot(mapping)
     audit.record(actor, "interface_mapping.deleted", mapping, before=before, after=None)
     db.session.delete(mapping)
@@ -663,7 +672,7 @@ def import_mappings(*, content: bytes, actor: User) -> ImportReport:
     """Import dictionary rows from an .xlsx sheet (the export's columns). All or nothing: any bad row raises
     ValidationFailed listing every error by row (path rows/<excel row>/<column>); otherwise rows are created
     or updated by (source, kind, code), audited, and the caches dropped."""
-    _admin_scope(actor, None)
+    _dictionary_scope(actor)
     try:
         wb = load_workbook(BytesIO(content), read_only=True, data_only=True)
     except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds for a non-xlsx upload
@@ -835,11 +844,12 @@ def nodes(key: str):
 def save_nodes(key: str):
     campus = campus_by_code(request.form.get("campus"))
     _admin_scope(current_user, campus.id if campus else None)
-    spec = {"grace_minutes": request.form.get("grace_minutes", ""),
-            "stall_minutes": request.form.get("stall_minutes", ""), "nodes": _form_nodes()}
+    nodes = _form_nodes()
+    spec: dict[str, Any] = {"grace_minutes": request.form.get("grace_minutes", ""),
+                            "stall_minutes": request.form.get("stall_minutes", ""), "nodes": nodes}
     op = request.form.get("op", "save")
     if op != "save":
-        notice = _apply_op(op, spec["nodes"])
+        notice = _apply_op(op, nodes)
         return _render_editor(key=key, campus=campus, spec=spec, notice=notice)
     try:
         lt = save_loop_nodes(key=key, campus=campus, spec=spec, actor=current_user)
@@ -904,7 +914,7 @@ def _mapping_filter() -> MappingFilter:
 def mappings():
     page = paginate(mapping_query(_mapping_filter()))
     return render_template("loops/mapping_list.html", page=page, sources=mapping_sources(), kinds=mapping_kinds(),
-                           kind_label=kind_label, editable=may_edit(current_user, None))
+                           kind_label=kind_label, editable=may_edit_dictionary(current_user))
 
 
 @bp.get("/mappings/export.xlsx")
@@ -924,9 +934,9 @@ def _mapping_or_404(mapping_id: int) -> InterfaceMapping:
 
 @bp.route("/mappings/new", methods=["GET", "POST"], defaults={"mapping_id": None})
 @bp.route("/mappings/<int:mapping_id>/edit", methods=["GET", "POST"])
-@require("loops.admin")
+@require("loops.admin", "integration.admin")
 def mapping_form(mapping_id: int | None):
-    _admin_scope(current_user, None)
+    _dictionary_scope(current_user)
     mapping = _mapping_or_404(mapping_id) if mapping_id else None
     errors: dict[str, str] = {}
     keys = ("source", "kind", "code", "target", "note")
@@ -947,7 +957,7 @@ def mapping_form(mapping_id: int | None):
 
 
 @bp.post("/mappings/<int:mapping_id>/delete")
-@require("loops.admin")
+@require("loops.admin", "integration.admin")
 def mapping_delete(mapping_id: int):
     mapping = _mapping_or_404(mapping_id)
     label = f"{mapping.source} {mapping.kind} {mapping.code}"
@@ -958,9 +968,9 @@ def mapping_delete(mapping_id: int):
 
 
 @bp.route("/mappings/import", methods=["GET", "POST"])
-@require("loops.admin")
+@require("loops.admin", "integration.admin")
 def mapping_import():
-    _admin_scope(current_user, None)
+    _dictionary_scope(current_user)
     errors: list[dict[str, str]] = []
     message = None
     if request.method == "POST":

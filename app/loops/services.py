@@ -110,11 +110,25 @@ def type_info(key: str, campus_id: int | None = None) -> TypeInfo | None:
     return None
 
 
+_NODE_KEYS: dict[str, set[str]] = {}
+
+
+def _all_node_keys(loop_key: str) -> set[str]:
+    """Node keys of every version (group or campus, past or present) of a loop type; cached."""
+    hit = _NODE_KEYS.get(loop_key)
+    if hit is None:
+        hit = set(db.session.scalars(select(LoopNode.key).join(LoopType, LoopType.id == LoopNode.loop_type_id)
+                                     .where(LoopType.key == loop_key)))
+        _NODE_KEYS[loop_key] = hit
+    return hit
+
+
 def invalidate_types() -> None:
     """Forget cached loop definitions, interface mappings and departments (after configuration changes)."""
     _TYPES.clear()
     _MAPPINGS.clear()
     _ORG.clear()
+    _NODE_KEYS.clear()
 
 
 def loop_types_out() -> list[dict[str, Any]]:
@@ -248,7 +262,8 @@ def normalize(ev: Any, path: str) -> tuple[dict[str, Any] | None, list[dict[str,
             errors.append({"path": f"{path}/order_type",
                            "message": f"未知的医嘱类型「{order_type}」：既不是闭环类型标识，也未在接口字典中映射"})
     if info is not None and node and source:
-        if node in info.index or node in RESERVED_NODES:
+        if node in info.index or node in RESERVED_NODES or node in _all_node_keys(info.key):
+            # a node of any version of this loop: running orders keep the node list they started with
             node_key = node
         else:
             node_key = _mapping(source, f"node:{info.key}", node) or _mapping(source, "node", node)
@@ -425,6 +440,17 @@ def _start_loop(order: LoopOrder, info: TypeInfo) -> tuple[dict[str, LoopNodeSta
     instance, flow = wf.new_headless(key=info.process_key, business_key=order.order_no,
                                      title=f"{info.name}闭环 {order.order_no}", dept_id=order.dept_id,
                                      campus_id=order.campus_id, data={"order_no": order.order_no})
+    expected = {k for k, _n, _m in info.nodes}
+    if set(wf.version_messages(instance.version_id)) - {"cancelled"} != expected:
+        # a cache in this process is older than a configuration change made elsewhere: refresh and retry once
+        db.session.expunge(instance)
+        wf.forget_active(info.process_key)
+        invalidate_types()
+        fresh = type_info(order.loop_type_key, order.campus_id) or info
+        info = fresh
+        instance, flow = wf.new_headless(key=info.process_key, business_key=order.order_no,
+                                         title=f"{info.name}闭环 {order.order_no}", dept_id=order.dept_id,
+                                         campus_id=order.campus_id, data={"order_no": order.order_no})
     order.instance = instance
     order.loop_type_id = info.id
     states = {}

@@ -731,6 +731,9 @@ def migrate_instance(*, instance_id: int, actor: User, to_version: ProcessVersio
     if not has_permission(actor, "workflow.admin"):
         raise Forbidden("只有流程管理员可以迁移流程实例")
     instance = _lock(instance_id)
+    if instance.started_by_id is None:
+        # system-driven instances (closed loops) are advanced from their own node projection
+        raise InvalidTransition("闭环等系统驱动的流程实例按其开始时的节点运行，不能迁移")
     if instance.status != InstanceStatus.RUNNING:
         raise InvalidTransition(f"流程已{instance.status_label}，无需迁移")
     target = to_version or active_version(instance.key)
@@ -815,6 +818,17 @@ def _active_parsed(key: str) -> tuple[int, engine.ParsedVersion]:
     _version_meta[(_db_key(), version.id)] = (version.key, version.checksum)
     _active_meta[(_db_key(), key)] = (now, version.id, version.checksum)
     return version.id, parsed(version)
+
+
+def version_messages(version_id: int) -> list[str]:
+    """Names of the messages a version's diagram waits for (to check it matches its caller's definition)."""
+    return list(_parsed_for_version_id(version_id).messages)
+
+
+def forget_active(key: str) -> None:
+    """Drop the cached active version of a key (after a deployment seen from another process)."""
+    for cache_key in [k for k in _active_meta if k[1] == key]:
+        _active_meta.pop(cache_key, None)
 
 
 def new_headless(*, key: str, business_key: str, title: str, data: dict[str, Any] | None = None,
