@@ -39,6 +39,8 @@ class Config:
     # a reviewer whose step waits longer than this many days is reminded (privilege flow)
     REVIEW_REMINDER_DAYS: int = 3
     IN_PROCESS_SCHEDULER: bool = True
+    # origins allowed to frame /embed pages (HIS doctor/nurse stations); 'self' always included
+    EMBED_ALLOWED_ORIGINS: list[str] = field(default_factory=list)
     DEPLOY_PROCESSES_ON_START: bool = True
 
     @classmethod
@@ -56,6 +58,8 @@ class Config:
             cfg.REDIS_URL = redis_url
             cfg.CELERY_ALWAYS_EAGER = False
             cfg.IN_PROCESS_SCHEDULER = False
+        if os.environ.get("MEDLOOP_EMBED_ALLOWED_ORIGINS"):
+            cfg.EMBED_ALLOWED_ORIGINS = os.environ["MEDLOOP_EMBED_ALLOWED_ORIGINS"].replace(",", " ").split()
         cfg.REVIEW_REMINDER_DAYS = _env_int("MEDLOOP_REVIEW_REMINDER_DAYS", cfg.REVIEW_REMINDER_DAYS)
         if cfg.SQLALCHEMY_DATABASE_URI.startswith("sqlite:///"):
             Path(cfg.SQLALCHEMY_DATABASE_URI[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

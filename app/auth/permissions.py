@@ -19,6 +19,15 @@ PERMISSIONS: dict[str, str] = {
     "archives.manage": "维护医师档案",
     "loops.view": "查看闭环",
     "loops.admin": "闭环配置",
+    "loops.patient_identity": "查看患者身份信息（闭环视图中的姓名、患者 ID、住院号）",
+    "loops.alert_handle": "处理闭环风险预警（确认为风险事件或排除）",
+    "technology.apply": "申请医疗技术（新技术新项目、限制类技术、日间手术资质、伦理审查）",
+    "technology.view": "查看医疗技术管理",
+    "technology.review": "医疗技术专家评审",
+    "technology.manage": "医疗技术管理（组织评审、目录、授权、评估）",
+    "technology.day_surgery": "日间手术病例登记",
+    "ethics.review": "伦理审查（委员意见）",
+    "integration.admin": "接口管理",
 }
 
 # role code -> (name, permissions, default data scope)
@@ -38,4 +47,23 @@ ROLES: dict[str, tuple[str, list[str], str]] = {
     "nurse": ("护士", ["tasks.work", "loops.view"], "dept"),
     "pharmacist": ("药师", ["tasks.work", "loops.view"], "dept"),
     "quality": ("质控人员", ["tasks.work", "loops.view", "audit.view"], "campus"),
+    "expert": ("技术评审专家", ["tasks.work", "technology.review"], "group"),
+    "ethics_member": ("伦理委员", ["tasks.work", "ethics.review"], "group"),
 }
+
+# 医疗技术管理 (seed 000 §二): what the shipped roles add for it
+ROLES["mao"][1].extend(["technology.view", "technology.manage", "technology.day_surgery"])
+ROLES["dept_head"][1].extend(["technology.view", "technology.day_surgery"])
+ROLES["physician"][1].extend(["technology.apply", "technology.view"])
+ROLES["nurse"][1].extend(["technology.day_surgery"])
+ROLES["quality"][1].extend(["technology.view"])
+
+# 医疗流程闭环 (seed 003 §二.2, 安全性): who sees patient identity in loop views, who handles alerts
+ROLES["nurse"][1].extend(["loops.patient_identity"])
+ROLES["dept_head"][1].extend(["loops.patient_identity", "loops.alert_handle"])
+ROLES["mao"][1].extend(["loops.patient_identity", "loops.alert_handle"])
+ROLES["quality"][1].extend(["loops.alert_handle"])
+
+# physician archives (医师技术档案): department staff submit changes for their colleagues, through review
+PERMISSIONS["archives.edit"] = "代本科室人员提交档案变更（需审核的栏目经医务处审核）"
+ROLES["dept_head"][1].append("archives.edit")

@@ -566,8 +566,9 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime, insta
                 else:
                     for j in range(pos, idx):
                         gap = states[nodes[j][0]]
+                        earlier = f"{gap.note}；" if gap.status == NodeStatus.ABNORMAL and gap.note else ""
                         gap.status = NodeStatus.SKIPPED
-                        gap.note = "缺环：超过等待时长仍未收到该节点"
+                        gap.note = earlier + "缺环：超过等待时长仍未收到该节点"
                         order.has_skipped = True
                         messages.append((gap.node_key, {"skipped": True}))
                         alerts.append(("skipped", gap.node_key, f"缺环：{gap.name}（由{ev.operator_name or ev.source}的后续节点触发）"))
@@ -607,8 +608,7 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime, insta
 
 
 def _raise_alerts(order: LoopOrder, alerts: list[tuple[str, str | None, str]]) -> None:
-    hook = ALERT_HOOKS[0] if ALERT_HOOKS else None
-    if hook is not None:
+    for hook in ALERT_HOOKS:
         hook(order=order, alerts=alerts)
 
 

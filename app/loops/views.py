@@ -276,10 +276,11 @@ def timeline(order: LoopOrder, *, show_identity: bool, now: datetime | None = No
             key=st.node_key, name=st.name, seq=st.seq, status=st.status,
             label=NODE_STATUS_LABELS.get(st.status, st.status), icon=NODE_ICONS.get(st.status, "○"),
             occurred_at=st.occurred_at,
-            operator=" ".join(x for x in (st.operator_name, f"（{st.operator_id}）" if st.operator_id else "") if x),
+            operator="".join(x for x in (st.operator_name, f"（{st.operator_id}）" if st.operator_id else "") if x),
             terminal=st.terminal or "", source=st.source or "",
             used=fmt_minutes(st.minutes_since_previous),
-            standard=fmt_minutes(st.standard_minutes) if st.standard_minutes is not None else "",
+            # the first node has nothing to be measured against
+            standard=fmt_minutes(st.standard_minutes) if st.standard_minutes and st.seq > 0 else "",
             deviation=dev, deviation_kind=dev_kind, note=st.note or "", links=node_links(st),
         )
         if st.status in (NodeStatus.CURRENT, NodeStatus.ABNORMAL) and order.status == "in_progress" and last_time:

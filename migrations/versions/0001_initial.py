@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 03:19:57.075524
+Create Date: 2026-11-23 03:32:29.179756
 
 """
 from alembic import op
@@ -43,6 +43,40 @@ def upgrade():
     sa.UniqueConstraint('code', name=op.f('uq_campuses_code')),
     comment='院区'
     )
+    op.create_table('certificate_types',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('code', sa.String(length=32), nullable=False, comment='类型编码'),
+    sa.Column('name', sa.String(length=64), nullable=False, comment='类型名称（批量上传按文件名中的名称识别）'),
+    sa.Column('aliases', sa.String(length=200), nullable=True, comment='别名（逗号分隔，文件名识别用）'),
+    sa.Column('has_expiry', sa.Boolean(), nullable=False, comment='是否有有效期'),
+    sa.Column('remind_days', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='到期前提醒天数（如 [90, 30]）'),
+    sa.Column('sort_order', sa.Integer(), nullable=False, comment='排序号'),
+    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否启用'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_certificate_types')),
+    sa.UniqueConstraint('code', name=op.f('uq_certificate_types_code')),
+    comment='证件类型（毕业证、学位证、执业证等，可维护）'
+    )
+    op.create_table('day_surgery_procedures',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('code', sa.String(length=32), nullable=False, comment='目录编码（院内唯一）'),
+    sa.Column('specialty', sa.String(length=32), nullable=False, comment='专业'),
+    sa.Column('disease_name', sa.String(length=100), nullable=False, comment='病种名称'),
+    sa.Column('icd10_code', sa.String(length=100), nullable=True, comment='疾病编码（ICD-10）'),
+    sa.Column('procedure_name', sa.String(length=200), nullable=False, comment='术式名称'),
+    sa.Column('icd9_code', sa.String(length=32), nullable=True, comment='手术操作编码（ICD-9-CM-3）'),
+    sa.Column('grade', sa.Integer(), nullable=True, comment='手术级别（1–4；演示值须按本院手术分级目录核定）'),
+    sa.Column('source', sa.String(length=200), nullable=True, comment='来源'),
+    sa.Column('note', sa.String(length=500), nullable=True, comment='备注（转录说明、演示数据说明）'),
+    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否在用'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_day_surgery_procedures')),
+    sa.UniqueConstraint('code', name=op.f('uq_day_surgery_procedures_code')),
+    comment='日间手术目录（病种及术式）'
+    )
+    with op.batch_alter_table('day_surgery_procedures', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_day_surgery_procedures_icd9_code'), ['icd9_code'], unique=False)
+
     op.create_table('interface_mappings',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('source', sa.String(length=32), nullable=False, comment='来源系统（HIS/LIS/PACS…，* 表示全部）'),
@@ -54,6 +88,76 @@ def upgrade():
     sa.UniqueConstraint('source', 'kind', 'code', name=op.f('uq_interface_mappings_source')),
     comment='接口字典（外部编码→闭环编码）'
     )
+    op.create_table('loop_daily_histograms',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='主键'),
+    sa.Column('day', sa.Date(), nullable=False, comment='医嘱开始日（北京时间）'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='院区'),
+    sa.Column('dept_id', sa.Integer(), nullable=True, comment='科室'),
+    sa.Column('loop_type_key', sa.String(length=64), nullable=False, comment='闭环类型'),
+    sa.Column('measure', sa.String(length=16), nullable=False, comment='指标：cycle 首末/exec 执行/booking 预约/report 报告'),
+    sa.Column('bucket', sa.SmallInteger(), nullable=False, comment='分桶序号（见 metrics.BUCKETS）'),
+    sa.Column('n', sa.Integer(), nullable=False, comment='医嘱数'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_loop_daily_histograms')),
+    comment='闭环周转时长日分布（分桶计数，用于中位数、P90）'
+    )
+    with op.batch_alter_table('loop_daily_histograms', schema=None) as batch_op:
+        batch_op.create_index('ix_loop_daily_histograms_day_measure', ['day', 'measure'], unique=False)
+
+    op.create_table('loop_daily_node_stats',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='主键'),
+    sa.Column('day', sa.Date(), nullable=False, comment='医嘱开始日（北京时间）'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='院区'),
+    sa.Column('dept_id', sa.Integer(), nullable=True, comment='科室'),
+    sa.Column('loop_type_key', sa.String(length=64), nullable=False, comment='闭环类型'),
+    sa.Column('node_key', sa.String(length=64), nullable=False, comment='节点'),
+    sa.Column('seq', sa.Integer(), nullable=False, comment='节点顺序'),
+    sa.Column('timed', sa.Integer(), nullable=False, comment='有用时的节点数（已完成/补录且有标准用时）'),
+    sa.Column('early', sa.Integer(), nullable=False, comment='提前数（用时不足标准一半）'),
+    sa.Column('on_time', sa.Integer(), nullable=False, comment='按时数（标准一半至标准之间）'),
+    sa.Column('late', sa.Integer(), nullable=False, comment='延迟数（超过标准用时）'),
+    sa.Column('late_minutes', sa.Float(), nullable=False, comment='延迟时长合计（超出标准的分钟）'),
+    sa.Column('actual_minutes', sa.Float(), nullable=False, comment='实际用时合计（分钟）'),
+    sa.Column('standard_minutes', sa.Float(), nullable=False, comment='标准用时合计（分钟）'),
+    sa.Column('skipped', sa.Integer(), nullable=False, comment='缺环次数（含后来补录）'),
+    sa.Column('abnormal', sa.Integer(), nullable=False, comment='异常次数'),
+    sa.Column('interrupted', sa.Integer(), nullable=False, comment='在此节点中断的医嘱数'),
+    sa.Column('interrupted_minutes', sa.Float(), nullable=False, comment='在此节点中断前用时合计（分钟）'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_loop_daily_node_stats')),
+    comment='闭环节点日汇总（及时率、节点耗时、缺环、异常、中断位置）'
+    )
+    with op.batch_alter_table('loop_daily_node_stats', schema=None) as batch_op:
+        batch_op.create_index('ix_loop_daily_node_stats_day_type', ['day', 'loop_type_key'], unique=False)
+
+    op.create_table('loop_daily_stats',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='主键'),
+    sa.Column('day', sa.Date(), nullable=False, comment='医嘱开始日（北京时间）'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='院区'),
+    sa.Column('dept_id', sa.Integer(), nullable=True, comment='科室'),
+    sa.Column('loop_type_key', sa.String(length=64), nullable=False, comment='闭环类型'),
+    sa.Column('started', sa.Integer(), nullable=False, comment='开始的医嘱数'),
+    sa.Column('due', sa.Integer(), nullable=False, comment='应完成数（已结束或超过标准总时长）'),
+    sa.Column('closed', sa.Integer(), nullable=False, comment='已闭环数'),
+    sa.Column('closed_clean', sa.Integer(), nullable=False, comment='完整闭环数（已闭环且无缺环）'),
+    sa.Column('interrupted', sa.Integer(), nullable=False, comment='中断数'),
+    sa.Column('in_progress', sa.Integer(), nullable=False, comment='进行中数'),
+    sa.Column('overdue', sa.Integer(), nullable=False, comment='超时未闭环数（进行中且超过标准总时长）'),
+    sa.Column('skipped_orders', sa.Integer(), nullable=False, comment='有缺环的医嘱数'),
+    sa.Column('abnormal_orders', sa.Integer(), nullable=False, comment='有异常环节的医嘱数'),
+    sa.Column('interrupted_minutes', sa.Float(), nullable=False, comment='中断前用时合计（分钟）'),
+    sa.Column('cycle_count', sa.Integer(), nullable=False, comment='首末节点用时样本数（已闭环）'),
+    sa.Column('cycle_minutes', sa.Float(), nullable=False, comment='首末节点用时合计（分钟）'),
+    sa.Column('exec_count', sa.Integer(), nullable=False, comment='医嘱执行周转样本数'),
+    sa.Column('exec_minutes', sa.Float(), nullable=False, comment='医嘱执行周转合计（开立→执行，分钟）'),
+    sa.Column('booking_count', sa.Integer(), nullable=False, comment='检查预约周转样本数'),
+    sa.Column('booking_minutes', sa.Float(), nullable=False, comment='检查预约周转合计（申请→预约，分钟）'),
+    sa.Column('report_count', sa.Integer(), nullable=False, comment='检查报告周转样本数'),
+    sa.Column('report_minutes', sa.Float(), nullable=False, comment='检查报告周转合计（申请→报告，分钟）'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_loop_daily_stats')),
+    comment='闭环日汇总（按医嘱开始日、院区、科室、闭环类型）'
+    )
+    with op.batch_alter_table('loop_daily_stats', schema=None) as batch_op:
+        batch_op.create_index('ix_loop_daily_stats_day_type', ['day', 'loop_type_key'], unique=False)
+
     op.create_table('loop_events',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='主键'),
     sa.Column('source', sa.String(length=32), nullable=False, comment='来源系统'),
@@ -87,6 +191,25 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_loop_events_patient_id'), ['patient_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_loop_events_terminal'), ['terminal'], unique=False)
 
+    op.create_table('loop_rollup_days',
+    sa.Column('day', sa.Date(), nullable=False, comment='医嘱开始日（北京时间）'),
+    sa.Column('orders', sa.Integer(), nullable=False, comment='当日开始的医嘱数'),
+    sa.Column('refreshed_at', sa.DateTime(timezone=True), nullable=False, comment='汇总时间'),
+    sa.Column('seconds', sa.Float(), nullable=False, comment='汇总耗时（秒）'),
+    sa.PrimaryKeyConstraint('day', name=op.f('pk_loop_rollup_days')),
+    comment='已汇总的日期（看板据此决定读汇总还是读明细）'
+    )
+    op.create_table('loop_source_links',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('source', sa.String(length=32), nullable=False, comment='来源系统（与事件 source 一致，如 HIS/LIS/PACS）'),
+    sa.Column('label', sa.String(length=64), nullable=False, comment='链接名称（如 在 LIS 中查看）'),
+    sa.Column('url_template', sa.String(length=500), nullable=False, comment='链接模板，可用 {order_no} {patient_id} {event_id}'),
+    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否启用'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_loop_source_links')),
+    sa.UniqueConstraint('source', name=op.f('uq_loop_source_links_source')),
+    comment='源系统调阅链接（闭环节点一键调阅）'
+    )
     op.create_table('outbox_messages',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键（消息编号，对方据此去重）'),
     sa.Column('channel', sa.String(length=32), nullable=False, comment='发送通道（如 his）'),
@@ -129,6 +252,34 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_index_versions')),
     comment='授权校验缓存版本号（未配置 Redis 时各进程据此判断缓存是否失效）'
     )
+    op.create_table('pull_cursors',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('source_name', sa.String(length=64), nullable=False, comment='数据源名称（LOOP_DB_SOURCES 中的 name）'),
+    sa.Column('last_value', sa.String(length=64), nullable=True, comment='高水位：已拉取到的最大水位列值'),
+    sa.Column('value_type', sa.String(length=16), nullable=True, comment='水位值类型：int 整数 / datetime 时间 / str 文本'),
+    sa.Column('last_run_at', sa.DateTime(timezone=True), nullable=True, comment='最近一次拉取时间'),
+    sa.Column('last_rows', sa.Integer(), nullable=False, comment='最近一次拉取的行数'),
+    sa.Column('last_rejected', sa.Integer(), nullable=False, comment='最近一次被拒绝的行数'),
+    sa.Column('total_rows', sa.BigInteger(), nullable=False, comment='累计拉取行数'),
+    sa.Column('last_error', sa.Text(), nullable=True, comment='最近一次的错误或拒绝原因'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_pull_cursors')),
+    sa.UniqueConstraint('source_name', name=op.f('uq_pull_cursors_source_name')),
+    comment='数据库视图拉取游标（每个数据源的高水位）'
+    )
+    op.create_table('restricted_technologies',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('seq', sa.Integer(), nullable=False, comment='目录序号'),
+    sa.Column('name', sa.String(length=200), nullable=False, comment='技术名称'),
+    sa.Column('is_new_2022', sa.Boolean(), nullable=False, comment='2022年版新增'),
+    sa.Column('spec_title', sa.String(length=300), nullable=True, comment='临床应用管理规范名称（部分为推定）'),
+    sa.Column('qc_title', sa.String(length=300), nullable=True, comment='质量控制指标名称'),
+    sa.Column('effective_date', sa.Date(), nullable=True, comment='施行日期'),
+    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否在用'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_restricted_technologies')),
+    sa.UniqueConstraint('seq', name=op.f('uq_restricted_technologies_seq')),
+    comment='国家限制类技术目录'
+    )
     op.create_table('roles',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('code', sa.String(length=32), nullable=False, comment='角色编码（BPMN 泳道名与之对应）'),
@@ -138,6 +289,20 @@ def upgrade():
     sa.UniqueConstraint('code', name=op.f('uq_roles_code')),
     comment='角色'
     )
+    op.create_table('certificate_requirements',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('type_id', sa.Integer(), nullable=False, comment='证件类型'),
+    sa.Column('title', sa.String(length=32), nullable=True, comment='适用职称（空为不限）'),
+    sa.Column('role_code', sa.String(length=32), nullable=True, comment='适用角色编码（空为不限）'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.ForeignKeyConstraint(['type_id'], ['certificate_types.id'], name=op.f('fk_certificate_requirements_type_id_certificate_types')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_certificate_requirements')),
+    sa.UniqueConstraint('type_id', 'title', 'role_code', name=op.f('uq_certificate_requirements_type_id')),
+    comment='证件必备要求（按职称、角色）'
+    )
+    with op.batch_alter_table('certificate_requirements', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_certificate_requirements_type_id'), ['type_id'], unique=False)
+
     op.create_table('departments',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('code', sa.String(length=32), nullable=False, comment='科室编码'),
@@ -213,6 +378,31 @@ def upgrade():
     with op.batch_alter_table('role_permissions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_role_permissions_role_id'), ['role_id'], unique=False)
 
+    op.create_table('high_risk_items',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('code', sa.String(length=32), nullable=False, comment='目录编码'),
+    sa.Column('name', sa.String(length=200), nullable=False, comment='技术名称'),
+    sa.Column('category', sa.String(length=16), nullable=False, comment='类别：surgery/interventional/endoscopy/invasive/anesthesia/other'),
+    sa.Column('dept_id', sa.Integer(), nullable=False, comment='开展科室'),
+    sa.Column('procedure_code', sa.String(length=32), nullable=True, comment='手术操作编码（ICD-9-CM-3）'),
+    sa.Column('requirements', sa.Text(), nullable=True, comment='准入条件（依据诊疗技术规范）'),
+    sa.Column('privilege_item_id', sa.Integer(), nullable=True, comment='对应的医疗权限目录项目（授权以其授予记录为准时）'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：active 在用/rectifying 整改中/suspended 暂停/retired 停用'),
+    sa.Column('last_evaluated_on', sa.Date(), nullable=True, comment='最近评估日期'),
+    sa.Column('last_result', sa.String(length=16), nullable=True, comment='最近评估结论：continue/rectify/suspend'),
+    sa.Column('note', sa.String(length=500), nullable=True, comment='备注'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_high_risk_items_dept_id_departments')),
+    sa.ForeignKeyConstraint(['privilege_item_id'], ['privilege_items.id'], name=op.f('fk_high_risk_items_privilege_item_id_privilege_items')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_high_risk_items')),
+    sa.UniqueConstraint('code', name=op.f('uq_high_risk_items_code')),
+    comment='高风险诊疗技术目录'
+    )
+    with op.batch_alter_table('high_risk_items', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_high_risk_items_dept_id'), ['dept_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_high_risk_items_status'), ['status'], unique=False)
+
     op.create_table('loop_nodes',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('loop_type_id', sa.Integer(), nullable=False, comment='闭环类型'),
@@ -258,6 +448,100 @@ def upgrade():
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_users_dept_id'), ['dept_id'], unique=False)
 
+    op.create_table('archive_departures',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('user_id', sa.Integer(), nullable=False, comment='离职人员'),
+    sa.Column('kind', sa.String(length=16), nullable=False, comment='类型：resignation/retirement/dismissal/other'),
+    sa.Column('departure_date', sa.Date(), nullable=False, comment='离职日期'),
+    sa.Column('reason', sa.Text(), nullable=False, comment='离职原因'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：departed/reinstating/reinstated'),
+    sa.Column('registered_by_id', sa.Integer(), nullable=True, comment='登记人'),
+    sa.Column('registered_at', sa.DateTime(timezone=True), nullable=False, comment='登记时间（权限即时切断）'),
+    sa.Column('grants_revoked', sa.Integer(), nullable=False, comment='停止的医疗授权数'),
+    sa.Column('affected_tasks', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='处理的待办与流程（放回任务组/撤回）'),
+    sa.Column('reinstatement_instance_id', sa.Integer(), nullable=True, comment='复职审批流程实例编号'),
+    sa.Column('reinstatement_reason', sa.Text(), nullable=True, comment='复职理由'),
+    sa.Column('reinstated_at', sa.DateTime(timezone=True), nullable=True, comment='复职生效时间'),
+    sa.Column('reinstated_by_id', sa.Integer(), nullable=True, comment='复职批准人'),
+    sa.ForeignKeyConstraint(['registered_by_id'], ['users.id'], name=op.f('fk_archive_departures_registered_by_id_users')),
+    sa.ForeignKeyConstraint(['reinstated_by_id'], ['users.id'], name=op.f('fk_archive_departures_reinstated_by_id_users')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_archive_departures_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_archive_departures')),
+    comment='离职登记（辞职、退休、辞退）及复职'
+    )
+    with op.batch_alter_table('archive_departures', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_archive_departures_user_id'), ['user_id'], unique=False)
+
+    op.create_table('archive_entries',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('user_id', sa.Integer(), nullable=False, comment='档案所属人员'),
+    sa.Column('section', sa.String(length=32), nullable=False, comment='档案栏目编码'),
+    sa.Column('is_deleted', sa.Boolean(), nullable=False, comment='是否已删除（软删除，版本保留）'),
+    sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True, comment='删除生效时间'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_archive_entries_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_archive_entries')),
+    comment='档案条目（同一条记录各版本的归属）'
+    )
+    with op.batch_alter_table('archive_entries', schema=None) as batch_op:
+        batch_op.create_index('ix_archive_entries_user_section', ['user_id', 'section'], unique=False)
+
+    op.create_table('archive_profiles',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('user_id', sa.Integer(), nullable=False, comment='档案所属人员'),
+    sa.Column('gender', sa.String(length=8), nullable=True, comment='性别'),
+    sa.Column('birth_date', sa.Date(), nullable=True, comment='出生日期'),
+    sa.Column('id_number', sa.String(length=18), nullable=True, comment='身份证号（展示时按权限脱敏）'),
+    sa.Column('education', sa.String(length=32), nullable=True, comment='最高学历'),
+    sa.Column('degree', sa.String(length=32), nullable=True, comment='最高学位'),
+    sa.Column('practice_cert_no', sa.String(length=64), nullable=True, comment='医师执业证书编号'),
+    sa.Column('hire_date', sa.Date(), nullable=True, comment='入职日期'),
+    sa.Column('specialty', sa.String(length=200), nullable=True, comment='专业特长'),
+    sa.Column('data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='基本信息全部字段（含模板自定义字段）'),
+    sa.Column('completeness', sa.Integer(), nullable=False, comment='档案完整度（百分比 0–100）'),
+    sa.Column('missing', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='缺项说明列表'),
+    sa.Column('completeness_at', sa.DateTime(timezone=True), nullable=True, comment='完整度计算时间'),
+    sa.Column('hr_pending', sa.Boolean(), nullable=False, comment='人事系统新增、待医务处确认'),
+    sa.Column('origin', sa.String(length=16), nullable=False, comment='建档来源：manual 手工/hr 人事系统/demo 演示'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_archive_profiles_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_archive_profiles')),
+    sa.UniqueConstraint('user_id', name=op.f('uq_archive_profiles_user_id')),
+    comment='医师档案基本信息（当前生效版本的投影，含完整度）'
+    )
+    with op.batch_alter_table('archive_profiles', schema=None) as batch_op:
+        batch_op.create_index('ix_archive_profiles_completeness', ['completeness'], unique=False)
+        batch_op.create_index(batch_op.f('ix_archive_profiles_degree'), ['degree'], unique=False)
+        batch_op.create_index(batch_op.f('ix_archive_profiles_id_number'), ['id_number'], unique=False)
+
+    op.create_table('archive_reminders',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('key', sa.String(length=128), nullable=False, comment='提醒键（类型:对象:阈值或周期）'),
+    sa.Column('user_id', sa.Integer(), nullable=True, comment='被提醒人员'),
+    sa.Column('kind', sa.String(length=32), nullable=False, comment='类别：expiring 将到期/expired 已过期/missing 缺证/digest 汇总'),
+    sa.Column('sent_at', sa.DateTime(timezone=True), nullable=False, comment='发送时间'),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_archive_reminders_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_archive_reminders')),
+    sa.UniqueConstraint('key', name=op.f('uq_archive_reminders_key')),
+    comment='档案提醒发送记录（按提醒键幂等）'
+    )
+    with op.batch_alter_table('archive_reminders', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_archive_reminders_user_id'), ['user_id'], unique=False)
+
+    op.create_table('archive_section_settings',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('section', sa.String(length=32), nullable=False, comment='档案栏目编码'),
+    sa.Column('requires_review', sa.Boolean(), nullable=False, comment='变更是否需医务处审核'),
+    sa.Column('is_required', sa.Boolean(), nullable=False, comment='是否计入档案完整度（必填栏目）'),
+    sa.Column('staff_editable', sa.Boolean(), nullable=False, comment='本人及科室可否提交（否则仅医务处维护）'),
+    sa.Column('updated_by_id', sa.Integer(), nullable=True, comment='最近修改人'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='最近修改时间'),
+    sa.ForeignKeyConstraint(['updated_by_id'], ['users.id'], name=op.f('fk_archive_section_settings_updated_by_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_archive_section_settings')),
+    sa.UniqueConstraint('section', name=op.f('uq_archive_section_settings_section')),
+    comment='档案栏目设置（是否需审核、是否必填、本人可否填写）'
+    )
     op.create_table('audit_logs',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('at', sa.DateTime(timezone=True), nullable=False, comment='发生时间'),
@@ -281,6 +565,142 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_audit_logs_at'), ['at'], unique=False)
         batch_op.create_index('ix_audit_logs_entity', ['entity_type', 'entity_id'], unique=False)
 
+    op.create_table('certificates',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('user_id', sa.Integer(), nullable=False, comment='证件所属人员'),
+    sa.Column('type_id', sa.Integer(), nullable=False, comment='证件类型'),
+    sa.Column('number', sa.String(length=64), nullable=True, comment='证件编号'),
+    sa.Column('issuer', sa.String(length=128), nullable=True, comment='发证机关'),
+    sa.Column('issue_date', sa.Date(), nullable=True, comment='发证日期'),
+    sa.Column('expiry_date', sa.Date(), nullable=True, comment='有效期至（含当日）'),
+    sa.Column('note', sa.String(length=500), nullable=True, comment='备注'),
+    sa.Column('source', sa.String(length=16), nullable=False, comment='来源：manual 单个/batch 批量/demo 演示'),
+    sa.Column('created_by_id', sa.Integer(), nullable=True, comment='登记人'),
+    sa.Column('is_deleted', sa.Boolean(), nullable=False, comment='是否已删除（软删除）'),
+    sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True, comment='删除时间'),
+    sa.Column('deleted_by_id', sa.Integer(), nullable=True, comment='删除人'),
+    sa.Column('deleted_reason', sa.String(length=500), nullable=True, comment='删除原因'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['created_by_id'], ['users.id'], name=op.f('fk_certificates_created_by_id_users')),
+    sa.ForeignKeyConstraint(['deleted_by_id'], ['users.id'], name=op.f('fk_certificates_deleted_by_id_users')),
+    sa.ForeignKeyConstraint(['type_id'], ['certificate_types.id'], name=op.f('fk_certificates_type_id_certificate_types')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_certificates_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_certificates')),
+    comment='人员证件'
+    )
+    with op.batch_alter_table('certificates', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_certificates_expiry_date'), ['expiry_date'], unique=False)
+        batch_op.create_index('ix_certificates_user_type', ['user_id', 'type_id'], unique=False)
+
+    op.create_table('day_surgery_applications',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键（申请编号）'),
+    sa.Column('applicant_id', sa.Integer(), nullable=False, comment='申请医师'),
+    sa.Column('dept_id', sa.Integer(), nullable=True, comment='申请科室'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='所属院区'),
+    sa.Column('procedure_ids', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='申请的日间手术术式（目录编号）'),
+    sa.Column('reason', sa.Text(), nullable=False, comment='申请理由（相关手术经验、例数）'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：in_review/returned/approved/rejected/withdrawn'),
+    sa.Column('instance_id', sa.Integer(), nullable=True, comment='审核流程实例编号'),
+    sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False, comment='提交时间'),
+    sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='办结时间'),
+    sa.Column('final_comment', sa.Text(), nullable=True, comment='最终意见'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['applicant_id'], ['users.id'], name=op.f('fk_day_surgery_applications_applicant_id_users')),
+    sa.ForeignKeyConstraint(['campus_id'], ['campuses.id'], name=op.f('fk_day_surgery_applications_campus_id_campuses')),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_day_surgery_applications_dept_id_departments')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_day_surgery_applications')),
+    comment='日间手术资质申请'
+    )
+    with op.batch_alter_table('day_surgery_applications', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_day_surgery_applications_applicant_id'), ['applicant_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_day_surgery_applications_dept_id'), ['dept_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_day_surgery_applications_instance_id'), ['instance_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_day_surgery_applications_status'), ['status'], unique=False)
+
+    op.create_table('day_surgery_cases',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('source_system', sa.String(length=64), nullable=False, comment='来源系统（manual 手工录入/HIS…）'),
+    sa.Column('external_id', sa.String(length=64), nullable=False, comment='来源系统中的病例标识（手工录入为登记号）'),
+    sa.Column('patient_name', sa.String(length=64), nullable=False, comment='患者姓名（已脱敏，仅保留姓）'),
+    sa.Column('patient_no', sa.String(length=32), nullable=False, comment='病案号（页面与导出脱敏显示）'),
+    sa.Column('dept_id', sa.Integer(), nullable=False, comment='手术科室'),
+    sa.Column('surgeon_id', sa.Integer(), nullable=True, comment='主刀医师'),
+    sa.Column('procedure_id', sa.Integer(), nullable=True, comment='目录术式'),
+    sa.Column('procedure_code', sa.String(length=32), nullable=True, comment='手术操作编码（ICD-9-CM-3）'),
+    sa.Column('procedure_name', sa.String(length=200), nullable=False, comment='术式名称'),
+    sa.Column('grade', sa.Integer(), nullable=False, comment='手术级别（1–4）'),
+    sa.Column('scheduled_date', sa.Date(), nullable=False, comment='预约手术日期（统计期间按此日期）'),
+    sa.Column('admitted_on', sa.Date(), nullable=True, comment='入院日期'),
+    sa.Column('surgery_date', sa.Date(), nullable=True, comment='手术日期（当日取消则为空）'),
+    sa.Column('discharged_on', sa.Date(), nullable=True, comment='出院日期'),
+    sa.Column('cancelled_same_day', sa.Boolean(), nullable=False, comment='当日手术取消'),
+    sa.Column('cancel_reason', sa.String(length=200), nullable=True, comment='取消原因'),
+    sa.Column('unplanned_reoperation', sa.Boolean(), nullable=False, comment='非计划再次手术'),
+    sa.Column('complication', sa.Boolean(), nullable=False, comment='术后并发症'),
+    sa.Column('transferred', sa.Boolean(), nullable=False, comment='转科（转入住院病区）'),
+    sa.Column('delayed_discharge', sa.Boolean(), nullable=False, comment='延迟出院（超过 48 小时）'),
+    sa.Column('unplanned_readmission', sa.Boolean(), nullable=False, comment='出院后 31 天内非计划再入院'),
+    sa.Column('note', sa.Text(), nullable=True, comment='备注'),
+    sa.Column('recorded_by_id', sa.Integer(), nullable=True, comment='登记人（接口登记为空）'),
+    sa.Column('voided_at', sa.DateTime(timezone=True), nullable=True, comment='作废时间（不物理删除）'),
+    sa.Column('void_reason', sa.String(length=200), nullable=True, comment='作废原因'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_day_surgery_cases_dept_id_departments')),
+    sa.ForeignKeyConstraint(['procedure_id'], ['day_surgery_procedures.id'], name=op.f('fk_day_surgery_cases_procedure_id_day_surgery_procedures')),
+    sa.ForeignKeyConstraint(['recorded_by_id'], ['users.id'], name=op.f('fk_day_surgery_cases_recorded_by_id_users')),
+    sa.ForeignKeyConstraint(['surgeon_id'], ['users.id'], name=op.f('fk_day_surgery_cases_surgeon_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_day_surgery_cases')),
+    sa.UniqueConstraint('source_system', 'external_id', name=op.f('uq_day_surgery_cases_source_system')),
+    comment='日间手术病例'
+    )
+    with op.batch_alter_table('day_surgery_cases', schema=None) as batch_op:
+        batch_op.create_index('ix_day_surgery_cases_dept_date', ['dept_id', 'scheduled_date'], unique=False)
+        batch_op.create_index(batch_op.f('ix_day_surgery_cases_procedure_id'), ['procedure_id'], unique=False)
+
+    op.create_table('ethics_reviews',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键（审查编号）'),
+    sa.Column('title', sa.String(length=200), nullable=False, comment='审查项目名称'),
+    sa.Column('source_kind', sa.String(length=16), nullable=False, comment='来源：standalone 单独申请/new_tech 新技术新项目/restricted 限制类技术'),
+    sa.Column('source_id', sa.Integer(), nullable=True, comment='来源申请编号'),
+    sa.Column('applicant_id', sa.Integer(), nullable=False, comment='申请人'),
+    sa.Column('dept_id', sa.Integer(), nullable=True, comment='申请科室'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='所属院区'),
+    sa.Column('description', sa.Text(), nullable=False, comment='审查内容简介'),
+    sa.Column('mode', sa.String(length=16), nullable=True, comment='审查方式：meeting 会议审查/expedited 快速审查'),
+    sa.Column('member_ids', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='审查委员（用户编号）'),
+    sa.Column('review_items', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='审查内容（见 REVIEW_ITEMS）'),
+    sa.Column('meeting_date', sa.Date(), nullable=True, comment='会议日期（会议审查）'),
+    sa.Column('round', sa.Integer(), nullable=False, comment='审查轮次'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：pending_setup/in_review/resubmit/decided/withdrawn'),
+    sa.Column('agree_count', sa.Integer(), nullable=True, comment='同意票数'),
+    sa.Column('modify_count', sa.Integer(), nullable=True, comment='修改后同意票数'),
+    sa.Column('disagree_count', sa.Integer(), nullable=True, comment='不同意票数'),
+    sa.Column('majority', sa.String(length=16), nullable=True, comment='多数意见：agree/modify/disagree/none'),
+    sa.Column('decision', sa.String(length=24), nullable=True, comment='审查决定：approve/approve_modified/disapprove'),
+    sa.Column('conditions', sa.Text(), nullable=True, comment='修改要求或附加条件'),
+    sa.Column('decision_comment', sa.Text(), nullable=True, comment='决定意见'),
+    sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='决定时间'),
+    sa.Column('decided_by_id', sa.Integer(), nullable=True, comment='决定登记人'),
+    sa.Column('instance_id', sa.Integer(), nullable=True, comment='审查流程实例编号'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['applicant_id'], ['users.id'], name=op.f('fk_ethics_reviews_applicant_id_users')),
+    sa.ForeignKeyConstraint(['campus_id'], ['campuses.id'], name=op.f('fk_ethics_reviews_campus_id_campuses')),
+    sa.ForeignKeyConstraint(['decided_by_id'], ['users.id'], name=op.f('fk_ethics_reviews_decided_by_id_users')),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_ethics_reviews_dept_id_departments')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ethics_reviews')),
+    comment='伦理审查'
+    )
+    with op.batch_alter_table('ethics_reviews', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ethics_reviews_applicant_id'), ['applicant_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_ethics_reviews_dept_id'), ['dept_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_ethics_reviews_instance_id'), ['instance_id'], unique=False)
+        batch_op.create_index('ix_ethics_reviews_source', ['source_kind', 'source_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_ethics_reviews_status'), ['status'], unique=False)
+
     op.create_table('form_templates',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('key', sa.String(length=64), nullable=False, comment='表单编码（forms/ 下的文件名，不含 .json）'),
@@ -299,6 +719,110 @@ def upgrade():
     )
     with op.batch_alter_table('form_templates', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_form_templates_key'), ['key'], unique=False)
+
+    op.create_table('high_risk_authorizations',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('item_id', sa.Integer(), nullable=False, comment='高风险技术'),
+    sa.Column('user_id', sa.Integer(), nullable=False, comment='被授权人员'),
+    sa.Column('role_in_team', sa.String(length=32), nullable=True, comment='授权角色（术者、助手、护理等）'),
+    sa.Column('valid_from', sa.Date(), nullable=False, comment='生效日期'),
+    sa.Column('valid_until', sa.Date(), nullable=True, comment='有效期至'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：active 有效/revoked 已取消'),
+    sa.Column('granted_by_id', sa.Integer(), nullable=True, comment='授权人'),
+    sa.Column('granted_at', sa.DateTime(timezone=True), nullable=False, comment='授权时间'),
+    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True, comment='取消时间'),
+    sa.Column('revoked_by_id', sa.Integer(), nullable=True, comment='取消操作人'),
+    sa.Column('revoke_reason', sa.String(length=500), nullable=True, comment='取消原因'),
+    sa.ForeignKeyConstraint(['granted_by_id'], ['users.id'], name=op.f('fk_high_risk_authorizations_granted_by_id_users')),
+    sa.ForeignKeyConstraint(['item_id'], ['high_risk_items.id'], name=op.f('fk_high_risk_authorizations_item_id_high_risk_items')),
+    sa.ForeignKeyConstraint(['revoked_by_id'], ['users.id'], name=op.f('fk_high_risk_authorizations_revoked_by_id_users')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_high_risk_authorizations_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_high_risk_authorizations')),
+    comment='高风险诊疗技术授权人员'
+    )
+    with op.batch_alter_table('high_risk_authorizations', schema=None) as batch_op:
+        batch_op.create_index('ix_high_risk_authorizations_item_status', ['item_id', 'status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_high_risk_authorizations_user_id'), ['user_id'], unique=False)
+
+    op.create_table('high_risk_evaluations',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('item_id', sa.Integer(), nullable=False, comment='高风险技术'),
+    sa.Column('year', sa.Integer(), nullable=False, comment='评估年度'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：in_progress/continue/rectify/suspend/withdrawn'),
+    sa.Column('instance_id', sa.Integer(), nullable=True, comment='评估流程实例编号'),
+    sa.Column('self_evaluation', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True, comment='科室自评内容'),
+    sa.Column('rectification', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True, comment='整改报告'),
+    sa.Column('mao_comment', sa.Text(), nullable=True, comment='医务处评估意见'),
+    sa.Column('started_by_id', sa.Integer(), nullable=True, comment='发起人'),
+    sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='评估完成时间'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['item_id'], ['high_risk_items.id'], name=op.f('fk_high_risk_evaluations_item_id_high_risk_items')),
+    sa.ForeignKeyConstraint(['started_by_id'], ['users.id'], name=op.f('fk_high_risk_evaluations_started_by_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_high_risk_evaluations')),
+    sa.UniqueConstraint('item_id', 'year', name=op.f('uq_high_risk_evaluations_item_id')),
+    comment='高风险诊疗技术年度评估'
+    )
+    with op.batch_alter_table('high_risk_evaluations', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_high_risk_evaluations_instance_id'), ['instance_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_high_risk_evaluations_item_id'), ['item_id'], unique=False)
+
+    op.create_table('hr_import_batches',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('source', sa.String(length=16), nullable=False, comment='来源：file 文件导入/api 接口推送'),
+    sa.Column('filename', sa.String(length=255), nullable=True, comment='导入文件名'),
+    sa.Column('system', sa.String(length=64), nullable=True, comment='推送系统名'),
+    sa.Column('actor_id', sa.Integer(), nullable=True, comment='导入人'),
+    sa.Column('actor_name', sa.String(length=64), nullable=True, comment='导入人姓名或系统名'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='导入时间'),
+    sa.Column('total', sa.Integer(), nullable=False, comment='总行数'),
+    sa.Column('created_count', sa.Integer(), nullable=False, comment='新建人员数（待确认）'),
+    sa.Column('unchanged_count', sa.Integer(), nullable=False, comment='与本系统一致的行数'),
+    sa.Column('diff_count', sa.Integer(), nullable=False, comment='产生差异的字段数'),
+    sa.Column('rejected_count', sa.Integer(), nullable=False, comment='被拒绝的行数'),
+    sa.Column('report', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='逐行结果（含拒绝原因）'),
+    sa.ForeignKeyConstraint(['actor_id'], ['users.id'], name=op.f('fk_hr_import_batches_actor_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_hr_import_batches')),
+    comment='人事（HR/HRP）数据导入批次'
+    )
+    op.create_table('new_tech_projects',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键（项目编号）'),
+    sa.Column('name', sa.String(length=200), nullable=False, comment='项目名称'),
+    sa.Column('category', sa.String(length=16), nullable=False, comment='类别：diagnosis/treatment/surgery/nursing/lab_imaging/other'),
+    sa.Column('dept_id', sa.Integer(), nullable=False, comment='开展科室'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='所属院区'),
+    sa.Column('applicant_id', sa.Integer(), nullable=False, comment='申请人'),
+    sa.Column('lead_id', sa.Integer(), nullable=False, comment='项目负责人'),
+    sa.Column('team', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='团队成员（姓名、职称、分工）'),
+    sa.Column('description', sa.Text(), nullable=False, comment='项目简介（适应证、技术路线、国内外开展情况）'),
+    sa.Column('risk_level', sa.String(length=8), nullable=False, comment='风险等级：low/medium/high'),
+    sa.Column('ethics_required', sa.Boolean(), nullable=False, comment='是否需要伦理审查'),
+    sa.Column('expected_cases', sa.Integer(), nullable=False, comment='预计年开展例数'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态（见 PROJECT_STATUS_LABELS）'),
+    sa.Column('instance_id', sa.Integer(), nullable=True, comment='审批与追踪流程实例编号'),
+    sa.Column('expert_ids', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='指定的评审专家（用户编号）'),
+    sa.Column('expert_count', sa.Integer(), nullable=True, comment='已评审专家人数'),
+    sa.Column('expert_avg', sa.Double(), nullable=True, comment='专家评分均值'),
+    sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False, comment='提交时间'),
+    sa.Column('approved_at', sa.DateTime(timezone=True), nullable=True, comment='医务处批准开展时间'),
+    sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='办结时间（转常规、终止、未通过、撤回）'),
+    sa.Column('extension_count', sa.Integer(), nullable=False, comment='延期次数'),
+    sa.Column('final_comment', sa.Text(), nullable=True, comment='最终意见'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['applicant_id'], ['users.id'], name=op.f('fk_new_tech_projects_applicant_id_users')),
+    sa.ForeignKeyConstraint(['campus_id'], ['campuses.id'], name=op.f('fk_new_tech_projects_campus_id_campuses')),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_new_tech_projects_dept_id_departments')),
+    sa.ForeignKeyConstraint(['lead_id'], ['users.id'], name=op.f('fk_new_tech_projects_lead_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_new_tech_projects')),
+    comment='新技术新项目'
+    )
+    with op.batch_alter_table('new_tech_projects', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_new_tech_projects_applicant_id'), ['applicant_id'], unique=False)
+        batch_op.create_index('ix_new_tech_projects_dept_status', ['dept_id', 'status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_new_tech_projects_instance_id'), ['instance_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_new_tech_projects_lead_id'), ['lead_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_new_tech_projects_status'), ['status'], unique=False)
 
     op.create_table('notifications',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
@@ -360,6 +884,38 @@ def upgrade():
     with op.batch_alter_table('process_versions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_process_versions_key'), ['key'], unique=False)
 
+    op.create_table('restricted_tech_applications',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键（申请编号）'),
+    sa.Column('technology_id', sa.Integer(), nullable=False, comment='限制类技术'),
+    sa.Column('dept_id', sa.Integer(), nullable=False, comment='开展科室'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='所属院区'),
+    sa.Column('applicant_id', sa.Integer(), nullable=False, comment='申请人（项目负责人）'),
+    sa.Column('team', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='技术团队成员'),
+    sa.Column('conditions', sa.Text(), nullable=False, comment='人员、设备、设施条件说明（对照管理规范）'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态（见 RESTRICTED_STATUS_LABELS）'),
+    sa.Column('instance_id', sa.Integer(), nullable=True, comment='审批与追踪流程实例编号'),
+    sa.Column('filing_no', sa.String(length=64), nullable=True, comment='备案号'),
+    sa.Column('filed_on', sa.Date(), nullable=True, comment='备案日期'),
+    sa.Column('filing_authority', sa.String(length=100), nullable=True, comment='备案机关'),
+    sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False, comment='提交时间'),
+    sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='办结时间'),
+    sa.Column('final_comment', sa.Text(), nullable=True, comment='最终意见'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['applicant_id'], ['users.id'], name=op.f('fk_restricted_tech_applications_applicant_id_users')),
+    sa.ForeignKeyConstraint(['campus_id'], ['campuses.id'], name=op.f('fk_restricted_tech_applications_campus_id_campuses')),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_restricted_tech_applications_dept_id_departments')),
+    sa.ForeignKeyConstraint(['technology_id'], ['restricted_technologies.id'], name=op.f('fk_restricted_tech_applications_technology_id_restricted_technologies')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_restricted_tech_applications')),
+    comment='限制类技术临床应用申请与备案'
+    )
+    with op.batch_alter_table('restricted_tech_applications', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_restricted_tech_applications_applicant_id'), ['applicant_id'], unique=False)
+        batch_op.create_index('ix_restricted_tech_applications_dept_status', ['dept_id', 'status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_restricted_tech_applications_instance_id'), ['instance_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_restricted_tech_applications_status'), ['status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_restricted_tech_applications_technology_id'), ['technology_id'], unique=False)
+
     op.create_table('user_roles',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('user_id', sa.Integer(), nullable=False, comment='用户'),
@@ -374,6 +930,170 @@ def upgrade():
     with op.batch_alter_table('user_roles', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_user_roles_role_id'), ['role_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_user_roles_user_id'), ['user_id'], unique=False)
+
+    op.create_table('archive_records',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('entry_id', sa.Integer(), nullable=False, comment='所属条目'),
+    sa.Column('user_id', sa.Integer(), nullable=False, comment='档案所属人员'),
+    sa.Column('section', sa.String(length=32), nullable=False, comment='档案栏目编码'),
+    sa.Column('version', sa.Integer(), nullable=False, comment='版本号（同一条目从 1 递增）'),
+    sa.Column('action', sa.String(length=16), nullable=False, comment='变更类型：create 新增/update 修改/delete 删除'),
+    sa.Column('data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='字段内容（按栏目表单模板校验）'),
+    sa.Column('form_key', sa.String(length=64), nullable=True, comment='表单模板编码'),
+    sa.Column('form_version', sa.Integer(), nullable=True, comment='表单模板版本'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：pending/returned/effective/superseded/rejected/withdrawn'),
+    sa.Column('supersedes_id', sa.Integer(), nullable=True, comment='提交时所基于（将被替代）的版本'),
+    sa.Column('source', sa.String(length=16), nullable=False, comment='来源：manual 页面/hr 人事系统/demo 演示'),
+    sa.Column('reason', sa.Text(), nullable=True, comment='变更或删除原因'),
+    sa.Column('instance_id', sa.Integer(), nullable=True, comment='审核流程实例编号'),
+    sa.Column('submitted_by_id', sa.Integer(), nullable=True, comment='提交人'),
+    sa.Column('submitted_by_name', sa.String(length=64), nullable=True, comment='提交人姓名或系统名'),
+    sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False, comment='提交时间'),
+    sa.Column('decided_by_id', sa.Integer(), nullable=True, comment='审核人'),
+    sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='生效或办结时间'),
+    sa.Column('decision_comment', sa.Text(), nullable=True, comment='审核意见'),
+    sa.ForeignKeyConstraint(['decided_by_id'], ['users.id'], name=op.f('fk_archive_records_decided_by_id_users')),
+    sa.ForeignKeyConstraint(['entry_id'], ['archive_entries.id'], name=op.f('fk_archive_records_entry_id_archive_entries')),
+    sa.ForeignKeyConstraint(['submitted_by_id'], ['users.id'], name=op.f('fk_archive_records_submitted_by_id_users')),
+    sa.ForeignKeyConstraint(['supersedes_id'], ['archive_records.id'], name=op.f('fk_archive_records_supersedes_id_archive_records')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_archive_records_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_archive_records')),
+    sa.UniqueConstraint('entry_id', 'version', name=op.f('uq_archive_records_entry_id')),
+    comment='档案记录版本（每次变更新增一行，保留全部历史）'
+    )
+    with op.batch_alter_table('archive_records', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_archive_records_entry_id'), ['entry_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_archive_records_instance_id'), ['instance_id'], unique=False)
+        batch_op.create_index('ix_archive_records_user_section_status', ['user_id', 'section', 'status'], unique=False)
+
+    op.create_table('certificate_files',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('certificate_id', sa.Integer(), nullable=False, comment='所属证件'),
+    sa.Column('stored_path', sa.String(length=255), nullable=False, comment='相对上传目录的存储路径（系统生成）'),
+    sa.Column('original_name', sa.String(length=255), nullable=False, comment='上传时的文件名（仅供显示）'),
+    sa.Column('content_type', sa.String(length=64), nullable=False, comment='文件类型（按内容识别）'),
+    sa.Column('size', sa.Integer(), nullable=False, comment='字节数'),
+    sa.Column('sha256', sa.String(length=64), nullable=False, comment='内容 SHA-256'),
+    sa.Column('uploaded_by_id', sa.Integer(), nullable=True, comment='上传人'),
+    sa.Column('uploaded_at', sa.DateTime(timezone=True), nullable=False, comment='上传时间'),
+    sa.Column('is_deleted', sa.Boolean(), nullable=False, comment='是否已删除（软删除，文件保留）'),
+    sa.ForeignKeyConstraint(['certificate_id'], ['certificates.id'], name=op.f('fk_certificate_files_certificate_id_certificates')),
+    sa.ForeignKeyConstraint(['uploaded_by_id'], ['users.id'], name=op.f('fk_certificate_files_uploaded_by_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_certificate_files')),
+    sa.UniqueConstraint('stored_path', name=op.f('uq_certificate_files_stored_path')),
+    comment='证件扫描件（文件存于上传目录，文件名由系统生成）'
+    )
+    with op.batch_alter_table('certificate_files', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_certificate_files_certificate_id'), ['certificate_id'], unique=False)
+
+    op.create_table('day_surgery_qualifications',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('user_id', sa.Integer(), nullable=False, comment='医师'),
+    sa.Column('dept_id', sa.Integer(), nullable=True, comment='科室'),
+    sa.Column('procedure_id', sa.Integer(), nullable=False, comment='术式'),
+    sa.Column('application_id', sa.Integer(), nullable=True, comment='来源申请'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：active/revoked'),
+    sa.Column('valid_from', sa.Date(), nullable=False, comment='生效日期'),
+    sa.Column('valid_until', sa.Date(), nullable=True, comment='有效期至'),
+    sa.Column('granted_by_id', sa.Integer(), nullable=True, comment='批准人'),
+    sa.Column('granted_at', sa.DateTime(timezone=True), nullable=False, comment='授予时间'),
+    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True, comment='取消时间'),
+    sa.Column('revoke_reason', sa.String(length=500), nullable=True, comment='取消原因'),
+    sa.ForeignKeyConstraint(['application_id'], ['day_surgery_applications.id'], name=op.f('fk_day_surgery_qualifications_application_id_day_surgery_applications')),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_day_surgery_qualifications_dept_id_departments')),
+    sa.ForeignKeyConstraint(['granted_by_id'], ['users.id'], name=op.f('fk_day_surgery_qualifications_granted_by_id_users')),
+    sa.ForeignKeyConstraint(['procedure_id'], ['day_surgery_procedures.id'], name=op.f('fk_day_surgery_qualifications_procedure_id_day_surgery_procedures')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_day_surgery_qualifications_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_day_surgery_qualifications')),
+    comment='日间手术资质（医师-术式）'
+    )
+    with op.batch_alter_table('day_surgery_qualifications', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_day_surgery_qualifications_dept_id'), ['dept_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_day_surgery_qualifications_procedure_id'), ['procedure_id'], unique=False)
+        batch_op.create_index('ix_day_surgery_qualifications_user_status', ['user_id', 'status'], unique=False)
+
+    op.create_table('ethics_opinions',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('review_id', sa.Integer(), nullable=False, comment='伦理审查'),
+    sa.Column('member_id', sa.Integer(), nullable=False, comment='审查委员'),
+    sa.Column('round', sa.Integer(), nullable=False, comment='审查轮次'),
+    sa.Column('opinion', sa.String(length=16), nullable=False, comment='意见：agree/modify/disagree'),
+    sa.Column('items_ok', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='审查通过的审查内容'),
+    sa.Column('comment', sa.Text(), nullable=True, comment='意见说明'),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False, comment='提交时间'),
+    sa.ForeignKeyConstraint(['member_id'], ['users.id'], name=op.f('fk_ethics_opinions_member_id_users')),
+    sa.ForeignKeyConstraint(['review_id'], ['ethics_reviews.id'], name=op.f('fk_ethics_opinions_review_id_ethics_reviews')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ethics_opinions')),
+    sa.UniqueConstraint('review_id', 'member_id', 'round', name=op.f('uq_ethics_opinions_review_id')),
+    comment='伦理审查委员意见'
+    )
+    with op.batch_alter_table('ethics_opinions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ethics_opinions_review_id'), ['review_id'], unique=False)
+
+    op.create_table('hr_diffs',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('batch_id', sa.Integer(), nullable=False, comment='导入批次'),
+    sa.Column('user_id', sa.Integer(), nullable=False, comment='人员'),
+    sa.Column('field', sa.String(length=32), nullable=False, comment='字段编码'),
+    sa.Column('ours', sa.String(length=200), nullable=True, comment='本系统当前值'),
+    sa.Column('theirs', sa.String(length=200), nullable=True, comment='人事系统的值'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：open/accepted/ignored/superseded'),
+    sa.Column('decided_by_id', sa.Integer(), nullable=True, comment='处理人'),
+    sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='处理时间'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='发现时间'),
+    sa.ForeignKeyConstraint(['batch_id'], ['hr_import_batches.id'], name=op.f('fk_hr_diffs_batch_id_hr_import_batches')),
+    sa.ForeignKeyConstraint(['decided_by_id'], ['users.id'], name=op.f('fk_hr_diffs_decided_by_id_users')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_hr_diffs_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_hr_diffs')),
+    comment='人事数据与本系统的差异（待医务处采纳或忽略）'
+    )
+    with op.batch_alter_table('hr_diffs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_hr_diffs_batch_id'), ['batch_id'], unique=False)
+        batch_op.create_index('ix_hr_diffs_status_user', ['status', 'user_id'], unique=False)
+
+    op.create_table('new_tech_expert_reviews',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('project_id', sa.Integer(), nullable=False, comment='项目'),
+    sa.Column('expert_id', sa.Integer(), nullable=False, comment='评审专家'),
+    sa.Column('round', sa.Integer(), nullable=False, comment='评审轮次（退回重审时递增）'),
+    sa.Column('score', sa.Integer(), nullable=False, comment='评分（0–100）'),
+    sa.Column('recommendation', sa.String(length=16), nullable=False, comment='结论：support/conditional/oppose'),
+    sa.Column('comment', sa.Text(), nullable=False, comment='评审意见'),
+    sa.Column('reviewed_at', sa.DateTime(timezone=True), nullable=False, comment='评审时间'),
+    sa.ForeignKeyConstraint(['expert_id'], ['users.id'], name=op.f('fk_new_tech_expert_reviews_expert_id_users')),
+    sa.ForeignKeyConstraint(['project_id'], ['new_tech_projects.id'], name=op.f('fk_new_tech_expert_reviews_project_id_new_tech_projects')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_new_tech_expert_reviews')),
+    sa.UniqueConstraint('project_id', 'expert_id', 'round', name=op.f('uq_new_tech_expert_reviews_project_id')),
+    comment='新技术新项目专家评审意见'
+    )
+    with op.batch_alter_table('new_tech_expert_reviews', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_new_tech_expert_reviews_project_id'), ['project_id'], unique=False)
+
+    op.create_table('new_tech_progress_reports',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('project_id', sa.Integer(), nullable=False, comment='项目'),
+    sa.Column('seq', sa.Integer(), nullable=False, comment='第几次报告'),
+    sa.Column('period_label', sa.String(length=64), nullable=False, comment='报告期间（如 2026年第1季度）'),
+    sa.Column('cases_done', sa.Integer(), nullable=False, comment='本期开展例数'),
+    sa.Column('effective_cases', sa.Integer(), nullable=False, comment='有效（达到预期）例数'),
+    sa.Column('complications', sa.Integer(), nullable=False, comment='并发症例数'),
+    sa.Column('adverse_events', sa.Integer(), nullable=False, comment='不良事件例数'),
+    sa.Column('summary', sa.Text(), nullable=False, comment='进展小结'),
+    sa.Column('problems', sa.Text(), nullable=True, comment='存在问题与改进'),
+    sa.Column('submitted_by_id', sa.Integer(), nullable=True, comment='提交人'),
+    sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False, comment='提交时间'),
+    sa.Column('review_decision', sa.String(length=16), nullable=True, comment='医务处审核结论：continue/extend/routine/terminate/return'),
+    sa.Column('review_comment', sa.Text(), nullable=True, comment='医务处审核意见'),
+    sa.Column('reviewed_by_id', sa.Integer(), nullable=True, comment='审核人'),
+    sa.Column('reviewed_at', sa.DateTime(timezone=True), nullable=True, comment='审核时间'),
+    sa.ForeignKeyConstraint(['project_id'], ['new_tech_projects.id'], name=op.f('fk_new_tech_progress_reports_project_id_new_tech_projects')),
+    sa.ForeignKeyConstraint(['reviewed_by_id'], ['users.id'], name=op.f('fk_new_tech_progress_reports_reviewed_by_id_users')),
+    sa.ForeignKeyConstraint(['submitted_by_id'], ['users.id'], name=op.f('fk_new_tech_progress_reports_submitted_by_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_new_tech_progress_reports')),
+    comment='新技术新项目进展报告（定期追踪）'
+    )
+    with op.batch_alter_table('new_tech_progress_reports', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_new_tech_progress_reports_project_id'), ['project_id'], unique=False)
 
     op.create_table('privilege_application_items',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
@@ -460,6 +1180,49 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_process_instances_started_by_id'), ['started_by_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_process_instances_status'), ['status'], unique=False)
         batch_op.create_index(batch_op.f('ix_process_instances_version_id'), ['version_id'], unique=False)
+
+    op.create_table('restricted_annual_summaries',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('application_id', sa.Integer(), nullable=False, comment='限制类技术申请'),
+    sa.Column('year', sa.Integer(), nullable=False, comment='总结年度'),
+    sa.Column('total_cases', sa.Integer(), nullable=False, comment='年度开展例数'),
+    sa.Column('qc_summary', sa.Text(), nullable=False, comment='质量控制指标完成情况'),
+    sa.Column('problems', sa.Text(), nullable=True, comment='存在问题'),
+    sa.Column('plan', sa.Text(), nullable=True, comment='下一年度计划'),
+    sa.Column('submitted_by_id', sa.Integer(), nullable=True, comment='提交人'),
+    sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False, comment='提交时间'),
+    sa.Column('review_decision', sa.String(length=16), nullable=True, comment='医务处审核结论：continue/stop/return'),
+    sa.Column('review_comment', sa.Text(), nullable=True, comment='审核意见'),
+    sa.Column('reviewed_by_id', sa.Integer(), nullable=True, comment='审核人'),
+    sa.Column('reviewed_at', sa.DateTime(timezone=True), nullable=True, comment='审核时间'),
+    sa.ForeignKeyConstraint(['application_id'], ['restricted_tech_applications.id'], name=op.f('fk_restricted_annual_summaries_application_id_restricted_tech_applications')),
+    sa.ForeignKeyConstraint(['reviewed_by_id'], ['users.id'], name=op.f('fk_restricted_annual_summaries_reviewed_by_id_users')),
+    sa.ForeignKeyConstraint(['submitted_by_id'], ['users.id'], name=op.f('fk_restricted_annual_summaries_submitted_by_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_restricted_annual_summaries')),
+    comment='限制类技术年度总结'
+    )
+    with op.batch_alter_table('restricted_annual_summaries', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_restricted_annual_summaries_application_id'), ['application_id'], unique=False)
+
+    op.create_table('restricted_case_reports',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('application_id', sa.Integer(), nullable=False, comment='限制类技术申请'),
+    sa.Column('period_label', sa.String(length=64), nullable=False, comment='报告期间（如 2026年第1季度）'),
+    sa.Column('cases', sa.Integer(), nullable=False, comment='开展例数'),
+    sa.Column('success_cases', sa.Integer(), nullable=False, comment='成功例数'),
+    sa.Column('complications', sa.Integer(), nullable=False, comment='并发症例数'),
+    sa.Column('deaths', sa.Integer(), nullable=False, comment='死亡例数'),
+    sa.Column('adverse_events', sa.Integer(), nullable=False, comment='不良事件例数'),
+    sa.Column('note', sa.Text(), nullable=True, comment='说明'),
+    sa.Column('submitted_by_id', sa.Integer(), nullable=True, comment='提交人'),
+    sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False, comment='提交时间'),
+    sa.ForeignKeyConstraint(['application_id'], ['restricted_tech_applications.id'], name=op.f('fk_restricted_case_reports_application_id_restricted_tech_applications')),
+    sa.ForeignKeyConstraint(['submitted_by_id'], ['users.id'], name=op.f('fk_restricted_case_reports_submitted_by_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_restricted_case_reports')),
+    comment='限制类技术季度病例报告'
+    )
+    with op.batch_alter_table('restricted_case_reports', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_restricted_case_reports_application_id'), ['application_id'], unique=False)
 
     op.create_table('human_tasks',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
@@ -625,6 +1388,40 @@ def upgrade():
     with op.batch_alter_table('task_logs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_task_logs_instance_id'), ['instance_id'], unique=False)
 
+    op.create_table('loop_alerts',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='主键'),
+    sa.Column('order_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='医嘱'),
+    sa.Column('order_no', sa.String(length=64), nullable=False, comment='医嘱号'),
+    sa.Column('loop_type_key', sa.String(length=64), nullable=False, comment='闭环类型'),
+    sa.Column('kind', sa.String(length=24), nullable=False, comment='类型：overdue 节点超时/skipped 缺环/abnormal 异常/stalled 停滞/critical_unacked 危急值未处置'),
+    sa.Column('node_key', sa.String(length=64), nullable=False, comment='节点标识（无具体节点时为空串）'),
+    sa.Column('node_name', sa.String(length=64), nullable=True, comment='节点名称'),
+    sa.Column('message', sa.String(length=500), nullable=False, comment='告警内容'),
+    sa.Column('dept_id', sa.Integer(), nullable=True, comment='责任科室'),
+    sa.Column('campus_id', sa.Integer(), nullable=True, comment='院区'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：open 待处理/confirmed 风险事件/dismissed 已排除'),
+    sa.Column('raised_at', sa.DateTime(timezone=True), nullable=False, comment='告警时间'),
+    sa.Column('notified_count', sa.Integer(), nullable=False, comment='已通知人数'),
+    sa.Column('handled_by', sa.Integer(), nullable=True, comment='处理人'),
+    sa.Column('handled_at', sa.DateTime(timezone=True), nullable=True, comment='处理时间'),
+    sa.Column('reason', sa.Text(), nullable=True, comment='处理说明（确认或排除的理由）'),
+    sa.Column('escalated', sa.Boolean(), nullable=False, comment='是否已升级（通知科主任与医务处）'),
+    sa.Column('escalated_at', sa.DateTime(timezone=True), nullable=True, comment='升级时间'),
+    sa.ForeignKeyConstraint(['campus_id'], ['campuses.id'], name=op.f('fk_loop_alerts_campus_id_campuses')),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_loop_alerts_dept_id_departments')),
+    sa.ForeignKeyConstraint(['handled_by'], ['users.id'], name=op.f('fk_loop_alerts_handled_by_users')),
+    sa.ForeignKeyConstraint(['order_id'], ['loop_orders.id'], name=op.f('fk_loop_alerts_order_id_loop_orders')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_loop_alerts')),
+    sa.UniqueConstraint('order_id', 'node_key', 'kind', name=op.f('uq_loop_alerts_order_id')),
+    comment='闭环风险预警（每医嘱/节点/类型只告警一次；不删除）'
+    )
+    with op.batch_alter_table('loop_alerts', schema=None) as batch_op:
+        batch_op.create_index('ix_loop_alerts_dept_raised', ['dept_id', 'raised_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_loop_alerts_kind'), ['kind'], unique=False)
+        batch_op.create_index(batch_op.f('ix_loop_alerts_order_id'), ['order_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_loop_alerts_order_no'), ['order_no'], unique=False)
+        batch_op.create_index('ix_loop_alerts_status_raised', ['status', 'raised_at'], unique=False)
+
     op.create_table('loop_node_states',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='主键'),
     sa.Column('order_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='医嘱'),
@@ -660,6 +1457,14 @@ def downgrade():
         batch_op.drop_index('ix_loop_node_states_node_time')
 
     op.drop_table('loop_node_states')
+    with op.batch_alter_table('loop_alerts', schema=None) as batch_op:
+        batch_op.drop_index('ix_loop_alerts_status_raised')
+        batch_op.drop_index(batch_op.f('ix_loop_alerts_order_no'))
+        batch_op.drop_index(batch_op.f('ix_loop_alerts_order_id'))
+        batch_op.drop_index(batch_op.f('ix_loop_alerts_kind'))
+        batch_op.drop_index('ix_loop_alerts_dept_raised')
+
+    op.drop_table('loop_alerts')
     with op.batch_alter_table('task_logs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_task_logs_instance_id'))
 
@@ -695,6 +1500,14 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_human_tasks_assignee_id'))
 
     op.drop_table('human_tasks')
+    with op.batch_alter_table('restricted_case_reports', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_restricted_case_reports_application_id'))
+
+    op.drop_table('restricted_case_reports')
+    with op.batch_alter_table('restricted_annual_summaries', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_restricted_annual_summaries_application_id'))
+
+    op.drop_table('restricted_annual_summaries')
     with op.batch_alter_table('process_instances', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_process_instances_version_id'))
         batch_op.drop_index(batch_op.f('ix_process_instances_status'))
@@ -716,11 +1529,52 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_privilege_application_items_application_id'))
 
     op.drop_table('privilege_application_items')
+    with op.batch_alter_table('new_tech_progress_reports', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_new_tech_progress_reports_project_id'))
+
+    op.drop_table('new_tech_progress_reports')
+    with op.batch_alter_table('new_tech_expert_reviews', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_new_tech_expert_reviews_project_id'))
+
+    op.drop_table('new_tech_expert_reviews')
+    with op.batch_alter_table('hr_diffs', schema=None) as batch_op:
+        batch_op.drop_index('ix_hr_diffs_status_user')
+        batch_op.drop_index(batch_op.f('ix_hr_diffs_batch_id'))
+
+    op.drop_table('hr_diffs')
+    with op.batch_alter_table('ethics_opinions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ethics_opinions_review_id'))
+
+    op.drop_table('ethics_opinions')
+    with op.batch_alter_table('day_surgery_qualifications', schema=None) as batch_op:
+        batch_op.drop_index('ix_day_surgery_qualifications_user_status')
+        batch_op.drop_index(batch_op.f('ix_day_surgery_qualifications_procedure_id'))
+        batch_op.drop_index(batch_op.f('ix_day_surgery_qualifications_dept_id'))
+
+    op.drop_table('day_surgery_qualifications')
+    with op.batch_alter_table('certificate_files', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_certificate_files_certificate_id'))
+
+    op.drop_table('certificate_files')
+    with op.batch_alter_table('archive_records', schema=None) as batch_op:
+        batch_op.drop_index('ix_archive_records_user_section_status')
+        batch_op.drop_index(batch_op.f('ix_archive_records_instance_id'))
+        batch_op.drop_index(batch_op.f('ix_archive_records_entry_id'))
+
+    op.drop_table('archive_records')
     with op.batch_alter_table('user_roles', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_user_roles_user_id'))
         batch_op.drop_index(batch_op.f('ix_user_roles_role_id'))
 
     op.drop_table('user_roles')
+    with op.batch_alter_table('restricted_tech_applications', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_restricted_tech_applications_technology_id'))
+        batch_op.drop_index(batch_op.f('ix_restricted_tech_applications_status'))
+        batch_op.drop_index(batch_op.f('ix_restricted_tech_applications_instance_id'))
+        batch_op.drop_index('ix_restricted_tech_applications_dept_status')
+        batch_op.drop_index(batch_op.f('ix_restricted_tech_applications_applicant_id'))
+
+    op.drop_table('restricted_tech_applications')
     with op.batch_alter_table('process_versions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_process_versions_key'))
 
@@ -735,10 +1589,54 @@ def downgrade():
         batch_op.drop_index('ix_notifications_user_unread')
 
     op.drop_table('notifications')
+    with op.batch_alter_table('new_tech_projects', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_new_tech_projects_status'))
+        batch_op.drop_index(batch_op.f('ix_new_tech_projects_lead_id'))
+        batch_op.drop_index(batch_op.f('ix_new_tech_projects_instance_id'))
+        batch_op.drop_index('ix_new_tech_projects_dept_status')
+        batch_op.drop_index(batch_op.f('ix_new_tech_projects_applicant_id'))
+
+    op.drop_table('new_tech_projects')
+    op.drop_table('hr_import_batches')
+    with op.batch_alter_table('high_risk_evaluations', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_high_risk_evaluations_item_id'))
+        batch_op.drop_index(batch_op.f('ix_high_risk_evaluations_instance_id'))
+
+    op.drop_table('high_risk_evaluations')
+    with op.batch_alter_table('high_risk_authorizations', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_high_risk_authorizations_user_id'))
+        batch_op.drop_index('ix_high_risk_authorizations_item_status')
+
+    op.drop_table('high_risk_authorizations')
     with op.batch_alter_table('form_templates', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_form_templates_key'))
 
     op.drop_table('form_templates')
+    with op.batch_alter_table('ethics_reviews', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ethics_reviews_status'))
+        batch_op.drop_index('ix_ethics_reviews_source')
+        batch_op.drop_index(batch_op.f('ix_ethics_reviews_instance_id'))
+        batch_op.drop_index(batch_op.f('ix_ethics_reviews_dept_id'))
+        batch_op.drop_index(batch_op.f('ix_ethics_reviews_applicant_id'))
+
+    op.drop_table('ethics_reviews')
+    with op.batch_alter_table('day_surgery_cases', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_day_surgery_cases_procedure_id'))
+        batch_op.drop_index('ix_day_surgery_cases_dept_date')
+
+    op.drop_table('day_surgery_cases')
+    with op.batch_alter_table('day_surgery_applications', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_day_surgery_applications_status'))
+        batch_op.drop_index(batch_op.f('ix_day_surgery_applications_instance_id'))
+        batch_op.drop_index(batch_op.f('ix_day_surgery_applications_dept_id'))
+        batch_op.drop_index(batch_op.f('ix_day_surgery_applications_applicant_id'))
+
+    op.drop_table('day_surgery_applications')
+    with op.batch_alter_table('certificates', schema=None) as batch_op:
+        batch_op.drop_index('ix_certificates_user_type')
+        batch_op.drop_index(batch_op.f('ix_certificates_expiry_date'))
+
+    op.drop_table('certificates')
     with op.batch_alter_table('audit_logs', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_logs_entity')
         batch_op.drop_index(batch_op.f('ix_audit_logs_at'))
@@ -746,6 +1644,25 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_audit_logs_action'))
 
     op.drop_table('audit_logs')
+    op.drop_table('archive_section_settings')
+    with op.batch_alter_table('archive_reminders', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_archive_reminders_user_id'))
+
+    op.drop_table('archive_reminders')
+    with op.batch_alter_table('archive_profiles', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_archive_profiles_id_number'))
+        batch_op.drop_index(batch_op.f('ix_archive_profiles_degree'))
+        batch_op.drop_index('ix_archive_profiles_completeness')
+
+    op.drop_table('archive_profiles')
+    with op.batch_alter_table('archive_entries', schema=None) as batch_op:
+        batch_op.drop_index('ix_archive_entries_user_section')
+
+    op.drop_table('archive_entries')
+    with op.batch_alter_table('archive_departures', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_archive_departures_user_id'))
+
+    op.drop_table('archive_departures')
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_users_dept_id'))
 
@@ -754,6 +1671,11 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_loop_nodes_loop_type_id'))
 
     op.drop_table('loop_nodes')
+    with op.batch_alter_table('high_risk_items', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_high_risk_items_status'))
+        batch_op.drop_index(batch_op.f('ix_high_risk_items_dept_id'))
+
+    op.drop_table('high_risk_items')
     with op.batch_alter_table('role_permissions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_role_permissions_role_id'))
 
@@ -771,7 +1693,13 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_departments_campus_id'))
 
     op.drop_table('departments')
+    with op.batch_alter_table('certificate_requirements', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_certificate_requirements_type_id'))
+
+    op.drop_table('certificate_requirements')
     op.drop_table('roles')
+    op.drop_table('restricted_technologies')
+    op.drop_table('pull_cursors')
     op.drop_table('privilege_index_versions')
     op.drop_table('privilege_categories')
     with op.batch_alter_table('outbox_messages', schema=None) as batch_op:
@@ -780,6 +1708,8 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_outbox_messages_channel'))
 
     op.drop_table('outbox_messages')
+    op.drop_table('loop_source_links')
+    op.drop_table('loop_rollup_days')
     with op.batch_alter_table('loop_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_loop_events_terminal'))
         batch_op.drop_index(batch_op.f('ix_loop_events_patient_id'))
@@ -787,7 +1717,24 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_loop_events_operator_id'))
 
     op.drop_table('loop_events')
+    with op.batch_alter_table('loop_daily_stats', schema=None) as batch_op:
+        batch_op.drop_index('ix_loop_daily_stats_day_type')
+
+    op.drop_table('loop_daily_stats')
+    with op.batch_alter_table('loop_daily_node_stats', schema=None) as batch_op:
+        batch_op.drop_index('ix_loop_daily_node_stats_day_type')
+
+    op.drop_table('loop_daily_node_stats')
+    with op.batch_alter_table('loop_daily_histograms', schema=None) as batch_op:
+        batch_op.drop_index('ix_loop_daily_histograms_day_measure')
+
+    op.drop_table('loop_daily_histograms')
     op.drop_table('interface_mappings')
+    with op.batch_alter_table('day_surgery_procedures', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_day_surgery_procedures_icd9_code'))
+
+    op.drop_table('day_surgery_procedures')
+    op.drop_table('certificate_types')
     op.drop_table('campuses')
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_api_tokens_system'))
