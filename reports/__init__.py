@@ -1,0 +1,1 @@
+"""Word (python-docx) and Excel (openpyxl) documents generated from MedLoop data."""
