@@ -38,6 +38,11 @@ USERS = [
     ("nurse", "吴护士", "GS", ["nurse"], "N1001", "主管护师"),
     ("pharm", "郑药师", "PHARM", ["pharmacist"], "P1001", "主管药师"),
     ("quality", "冯质控", "MAO", ["quality"], "Q0001", None),
+    ("expert1", "钱专家", "CARD", ["expert", "physician"], "TE001", "主任医师"),
+    ("expert2", "韩专家", "ORTH", ["expert", "physician"], "TE002", "主任医师"),
+    ("ethics1", "蒋委员", "MAO", ["ethics_member"], "TH001", "主任医师"),
+    ("ethics2", "沈委员", "MAO", ["ethics_member"], "TH002", "副主任医师"),
+    ("ethics3", "杨委员", "MAO", ["ethics_member"], "TH003", "主任药师"),
 ]
 
 # other domains add their demo loaders here (name -> function returning a count)

@@ -351,6 +351,8 @@ def _project(instance: ProcessInstance, wf, p: engine.ParsedVersion, *, actor: U
             continue
         props = dict(t.extensions.get("properties") or {})
         assignee = instance.started_by_id if props.get("assignee") == "initiator" else None
+        if props.get("assignee_var"):  # e.g. a multi-instance review: each instance names its own reviewer
+            assignee = _user_from_task_data(t.data.get(props["assignee_var"])) or assignee
         due_at = None
         if props.get("due_days"):
             try:
@@ -392,6 +394,14 @@ def _project(instance: ProcessInstance, wf, p: engine.ParsedVersion, *, actor: U
             fn(instance=instance, data=end, actor=actor)
     instance.serialized = engine.dumps(wf)
     instance.error = None
+
+
+def _user_from_task_data(value: Any) -> int | None:
+    try:
+        user = db.session.get(User, int(value))
+    except (TypeError, ValueError):
+        return None
+    return user.id if user is not None and user.is_active and user.departed_at is None else None
 
 
 def _apply_effects(instance: ProcessInstance, effects: engine.Effects) -> None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 03:32:29.179756
+Create Date: 2026-11-23 03:50:23.387752
 
 """
 from alembic import op
@@ -519,7 +519,7 @@ def upgrade():
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('key', sa.String(length=128), nullable=False, comment='提醒键（类型:对象:阈值或周期）'),
     sa.Column('user_id', sa.Integer(), nullable=True, comment='被提醒人员'),
-    sa.Column('kind', sa.String(length=32), nullable=False, comment='类别：expiring 将到期/expired 已过期/missing 缺证/digest 汇总'),
+    sa.Column('kind', sa.String(length=32), nullable=False, comment='类别：expiring 将到期/expired 已过期/missing 缺证/digest 汇总/daily 每日任务'),
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=False, comment='发送时间'),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_archive_reminders_user_id_users')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_archive_reminders')),

@@ -1,0 +1,418 @@
+"""HR / HRP staff master data (seed 000 §一.4, §三 接口 1): Excel/CSV import and the JSON push API.
+
+Invariants:
+- every row is checked on its own: a bad row is rejected with its reasons (field paths) and never half-applied;
+  good rows of the same batch are still processed;
+- MedLoop's data is never overwritten silently: a value that differs from HR becomes an HrDiff that 医务处
+  accepts (the archive is updated, audited) or ignores; a newer differing HR value supersedes an open diff;
+- a staff number MedLoop does not know becomes an inactive user with an archive marked "pending" until
+  医务处 confirms it (and gives it a role);
+- each import is a batch with a per-row report; everything is audited.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from app.audit import services as audit
+from app.auth.models import Department, Role, Scope, User, UserRole
+from app.auth.permissions import ROLES
+from app.auth.services import ensure_roles
+from app.db import db, utcnow
+from app.errors import InvalidTransition, NotFound, ValidationFailed
+
+from . import services as archives
+from .models import ArchiveProfile, HrDiff, HrDiffStatus, HrImportBatch
+
+FIELDS = ("staff_no", "name", "dept_code", "title", "phone", "id_number", "hire_date")
+FIELD_LABELS = {"staff_no": "工号", "name": "姓名", "dept_code": "HIS 科室编码", "title": "职称", "phone": "手机号",
+                "id_number": "身份证号", "hire_date": "入职日期"}
+DIFF_LABELS = {"name": "姓名", "dept": "科室", "title": "职称", "phone": "手机号", "id_number": "身份证号",
+               "hire_date": "入职日期"}
+HEADERS = {
+    "staff_no": ("工号", "职工号", "人员编号", "staff_no", "staffno", "employee_no"),
+    "name": ("姓名", "name"),
+    "dept_code": ("科室编码", "HIS科室编码", "his科室编码", "HIS 科室编码", "部门编码", "科室代码", "dept_code", "dept_his_code",
+                  "dept"),
+    "title": ("职称", "专业技术职称", "title"),
+    "phone": ("手机号", "手机", "联系电话", "phone", "mobile"),
+    "id_number": ("身份证号", "身份证号码", "证件号码", "id_number", "idcard"),
+    "hire_date": ("入职日期", "参加工作时间", "入院时间", "hire_date"),
+}
+STAFF_NO_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+MOBILE_RE = re.compile(r"^1[3-9]\d{9}$")
+MAX_ROWS = 5000
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value).strip()
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _header_map(row: Iterable[Any]) -> dict[int, str]:
+    wanted = {h.lower().replace(" ", ""): f for f, names in HEADERS.items() for h in names}
+    out: dict[int, str] = {}
+    for i, cell in enumerate(row):
+        key = _text(cell).lower().replace(" ", "")
+        if key in wanted and wanted[key] not in out.values():
+            out[i] = wanted[key]
+    return out
+
+
+def read_rows(filename: str, content: bytes) -> list[dict[str, str]]:
+    """Rows of an .xlsx or .csv file as dicts keyed by FIELDS (Chinese or English headers in the first row).
+    Raises ValidationFailed when the file cannot be read or lacks the 工号/姓名 columns."""
+    name = (filename or "").lower()
+    raw: list[list[Any]]
+    if name.endswith(".xlsx"):
+        from openpyxl import load_workbook
+
+        try:
+            wb = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
+        except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds for a broken file
+            raise ValidationFailed({"file": "Excel 文件无法读取，请确认是 .xlsx 格式"}) from exc
+        ws = wb.active
+        raw = [list(r) for r in ws.iter_rows(values_only=True)] if ws is not None else []
+    elif name.endswith(".csv"):
+        for encoding in ("utf-8-sig", "gb18030"):
+            try:
+                text = content.decode(encoding)
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            raise ValidationFailed({"file": "CSV 文件编码无法识别（请使用 UTF-8 或 GBK）"})
+        raw = [list(r) for r in csv.reader(io.StringIO(text))]
+    else:
+        raise ValidationFailed({"file": "请上传 .xlsx 或 .csv 文件"})
+    if not raw:
+        raise ValidationFailed({"file": "文件是空的"})
+    header = _header_map(raw[0])
+    if "staff_no" not in header.values() or "name" not in header.values():
+        raise ValidationFailed({"file": "第一行应为表头，至少包含“工号”和“姓名”列"})
+    rows = []
+    for r in raw[1:]:
+        if not any(_text(c) for c in r):
+            continue
+        rows.append({f: _text(r[i]) if i < len(r) else "" for i, f in header.items()})
+    if len(rows) > MAX_ROWS:
+        raise ValidationFailed({"file": f"单次最多导入 {MAX_ROWS} 行，请分批导入"})
+    return rows
+
+
+# ---------------------------------------------------------------- checking rows
+
+
+def _dept_by_code(code: str) -> Department | None:
+    return db.session.scalar(select(Department).where((Department.his_code == code) | (Department.code == code))
+                             .order_by(Department.his_code.is_(None)).limit(1))
+
+
+@dataclass
+class CleanRow:
+    staff_no: str
+    name: str
+    dept: Department | None
+    title: str | None
+    phone: str | None
+    id_number: str | None
+    hire_date: date | None
+
+
+def check_row(row: dict[str, Any]) -> tuple[CleanRow | None, dict[str, str]]:
+    """A row's clean values, or its errors keyed by field (Chinese)."""
+    errors: dict[str, str] = {}
+    values = {f: _text(row.get(f)) for f in FIELDS}
+    staff_no, name = values["staff_no"], values["name"]
+    if not staff_no:
+        errors["staff_no"] = "工号为必填项"
+    elif not STAFF_NO_RE.match(staff_no):
+        errors["staff_no"] = "工号为 1–32 位字母、数字、下划线或短横线"
+    if not name:
+        errors["name"] = "姓名为必填项"
+    elif len(name) > 64:
+        errors["name"] = "姓名不超过 64 个字符"
+    dept = None
+    if values["dept_code"]:
+        dept = _dept_by_code(values["dept_code"])
+        if dept is None:
+            errors["dept_code"] = f"HIS 科室编码 {values['dept_code']} 在科室字典中不存在"
+    if len(values["title"]) > 32:
+        errors["title"] = "职称不超过 32 个字符"
+    phone = values["phone"].replace(" ", "").replace("-", "")
+    if phone and not MOBILE_RE.match(phone):
+        errors["phone"] = "手机号应为 1 开头的 11 位数字"
+    id_number = values["id_number"].upper()
+    if id_number:
+        problem = archives.id_number_problem(id_number)
+        if problem:
+            errors["id_number"] = problem
+    hire = None
+    if values["hire_date"]:
+        text = values["hire_date"].replace("/", "-").replace(".", "-")[:10]
+        try:
+            hire = date.fromisoformat(text)
+        except ValueError:
+            try:
+                hire = datetime.strptime(text, "%Y-%m-%d").date()
+            except ValueError:
+                errors["hire_date"] = "入职日期应为有效的日期（如 2020-07-01）"
+        if hire and hire > archives.today():
+            errors["hire_date"] = "入职日期不能晚于今天"
+    if errors:
+        return None, errors
+    return CleanRow(staff_no=staff_no, name=name, dept=dept, title=values["title"] or None, phone=phone or None,
+                    id_number=id_number or None, hire_date=hire), {}
+
+
+# ---------------------------------------------------------------- applying
+
+
+def _dept_label(dept: Department | None) -> str:
+    if dept is None:
+        return ""
+    return f"{dept.name}（{dept.his_code or dept.code}）"
+
+
+def _ours(user: User, profile: ArchiveProfile | None) -> dict[str, str]:
+    return {"name": user.name, "dept": _dept_label(user.dept), "title": user.title or "", "phone": user.phone or "",
+            "id_number": (profile.id_number if profile else None) or "",
+            "hire_date": profile.hire_date.isoformat() if profile and profile.hire_date else ""}
+
+
+def _theirs(row: CleanRow) -> dict[str, str | None]:
+    # a field HR leaves empty carries no information and makes no difference
+    return {"name": row.name, "dept": _dept_label(row.dept) if row.dept else None, "title": row.title,
+            "phone": row.phone, "id_number": row.id_number,
+            "hire_date": row.hire_date.isoformat() if row.hire_date else None}
+
+
+def _record_diff(batch: HrImportBatch, user: User, field: str, ours: str, theirs: str) -> bool:
+    """Store a difference unless the same one is already open. Returns True when a new one was stored."""
+    open_rows = list(db.session.scalars(select(HrDiff).where(HrDiff.user_id == user.id, HrDiff.field == field,
+                                                             HrDiff.status == HrDiffStatus.OPEN.value)))
+    for row in open_rows:
+        if row.theirs == theirs:
+            row.ours = ours
+            return False
+        row.status = HrDiffStatus.SUPERSEDED
+        row.decided_at = utcnow()
+    db.session.add(HrDiff(batch_id=batch.id, user_id=user.id, field=field, ours=ours[:200], theirs=theirs[:200]))
+    return True
+
+
+def _username_for(staff_no: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]", "", staff_no).lower() or "staff"
+    if len(base) < 2:
+        base = f"hr{base}"
+    name, n = base, 1
+    while db.session.scalar(select(User.id).where(func.lower(User.username) == name.lower())):
+        n += 1
+        name = f"{base}-{n}"
+    return name[:64]
+
+
+def _create_staff(row: CleanRow, actor: Any, batch: HrImportBatch) -> User:
+    user = User(username=_username_for(row.staff_no), name=row.name, staff_no=row.staff_no, title=row.title,
+                phone=row.phone, dept=row.dept, is_active=False, password_hash=None)
+    db.session.add(user)
+    db.session.flush()
+    profile = archives.ensure_profile(user=user, actor=actor, origin="hr", hr_pending=True)
+    data = {k: v for k, v in (("id_number", row.id_number),
+                              ("hire_date", row.hire_date.isoformat() if row.hire_date else None)) if v}
+    if data:
+        archives.submit_change(staff=user, section_key=archives.PROFILE, actor=actor, data=data, source="hr",
+                               reason=f"人事数据导入（批次 {batch.id}）")
+    audit.record(actor, "archive.hr_staff_created", user,
+                 after={**audit.snapshot(user), "batch_id": batch.id, "profile_id": profile.id})
+    return user
+
+
+def import_rows(*, rows: list[dict[str, Any]], actor: Any, source: str, filename: str | None = None,
+                system: str | None = None) -> HrImportBatch:
+    """Compare HR rows with MedLoop: unknown staff become inactive users pending confirmation, differences
+    become HrDiff rows, bad rows are rejected with reasons. Returns the batch with its per-row report."""
+    if len(rows) > MAX_ROWS:
+        raise ValidationFailed({"staff": f"单次最多 {MAX_ROWS} 行，请分批推送"})
+    batch = HrImportBatch(source=source, filename=filename, system=system,
+                          actor_id=actor.id if isinstance(actor, User) else None,
+                          actor_name=archives._actor_name(actor), total=len(rows), report=[])
+    db.session.add(batch)
+    db.session.flush()
+    report: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    touched: list[int] = []
+    for idx, raw in enumerate(rows):
+        line = idx + 1
+        if not isinstance(raw, dict):
+            report.append({"row": line, "status": "rejected", "staff_no": "",
+                           "errors": [{"path": f"staff/{idx}", "message": "每一行应为对象（含工号、姓名等字段）"}]})
+            continue
+        clean, errors = check_row(raw)
+        staff_no = _text(raw.get("staff_no"))
+        if clean is not None and clean.staff_no.upper() in seen:
+            errors = {"staff_no": f"工号 {clean.staff_no} 在本批数据中重复（第 {seen[clean.staff_no.upper()]} 行）"}
+            clean = None
+        if clean is None:
+            report.append({"row": line, "status": "rejected", "staff_no": staff_no,
+                           "errors": [{"path": f"staff/{idx}/{k}", "message": v} for k, v in errors.items()]})
+            continue
+        seen[clean.staff_no.upper()] = line
+        user = db.session.scalar(select(User).where(func.upper(User.staff_no) == clean.staff_no.upper()))
+        if user is None:
+            user = _create_staff(clean, actor, batch)
+            batch.created_count += 1
+            report.append({"row": line, "status": "created", "staff_no": clean.staff_no, "user_id": user.id})
+            touched.append(user.id)
+            continue
+        ours = _ours(user, archives.get_profile(user))
+        diffs = []
+        for field, theirs in _theirs(clean).items():
+            if theirs is None or ours[field] == theirs:
+                continue
+            if field == "id_number" and ours[field].upper() == theirs.upper():
+                continue
+            if _record_diff(batch, user, field, ours[field], theirs):
+                diffs.append(field)
+        if diffs:
+            batch.diff_count += len(diffs)
+            report.append({"row": line, "status": "diff", "staff_no": clean.staff_no, "user_id": user.id,
+                           "fields": [DIFF_LABELS[f] for f in diffs]})
+        else:
+            batch.unchanged_count += 1
+            report.append({"row": line, "status": "unchanged", "staff_no": clean.staff_no, "user_id": user.id})
+    batch.rejected_count = sum(1 for r in report if r["status"] == "rejected")
+    batch.report = report
+    db.session.flush()
+    audit.record(actor, "archive.hr_imported", batch,
+                 after={"source": source, "filename": filename, "system": system, "total": batch.total,
+                        "created": batch.created_count, "diffs": batch.diff_count,
+                        "rejected": batch.rejected_count})
+    return batch
+
+
+def open_diffs_query(*, q: str | None = None, field: str | None = None):
+    from sqlalchemy.orm import joinedload
+
+    stmt = (select(HrDiff).join(User, HrDiff.user_id == User.id).where(HrDiff.status == HrDiffStatus.OPEN.value)
+            .options(joinedload(HrDiff.user).joinedload(User.dept)).order_by(User.staff_no, HrDiff.id))
+    if q:
+        like = f"%{q.strip()}%"
+        stmt = stmt.where((User.name.ilike(like)) | (User.staff_no.ilike(like)))
+    if field:
+        stmt = stmt.where(HrDiff.field == field)
+    return stmt
+
+
+def get_diff(diff_id: int) -> HrDiff:
+    row = db.session.get(HrDiff, diff_id)
+    if row is None:
+        raise NotFound("差异记录不存在")
+    return row
+
+
+def accept_diff(*, diff: HrDiff, actor: User) -> HrDiff:
+    """Take HR's value into MedLoop (user fields directly, ID number / hire date as a new profile version),
+    audited. Raises InvalidTransition when the diff is not open, ValidationFailed when the value no longer fits."""
+    if diff.status != HrDiffStatus.OPEN:
+        raise InvalidTransition(f"该差异已{diff.status_label}")
+    user = diff.user
+    before = audit.snapshot(user)
+    value = diff.theirs or ""
+    if diff.field in ("name", "title", "phone"):
+        setattr(user, diff.field, value if diff.field == "name" else (value or None))
+    elif diff.field == "dept":
+        m = re.search(r"（([^（）]+)）$", value)
+        dept = _dept_by_code(m.group(1)) if m else None
+        if dept is None:
+            raise ValidationFailed({"theirs": "人事系统的科室在科室字典中已不存在"})
+        user.dept_id = dept.id
+        user.dept = dept
+    elif diff.field in ("id_number", "hire_date"):
+        data = archives.profile_data(user)
+        data[diff.field] = value
+        if diff.field == "id_number":
+            # the ID number is authoritative for the birth date and gender it encodes
+            birth, gender = archives.facts_from_id(value)
+            if birth is not None:
+                data["birth_date"], data["gender"] = birth.isoformat(), gender
+        archives.submit_change(staff=user, section_key=archives.PROFILE, actor=actor, data=data, source="hr",
+                               reason=f"采纳人事系统数据（差异 {diff.id}）")
+    else:
+        raise ValidationFailed({"field": "未知字段"})
+    diff.status = HrDiffStatus.ACCEPTED
+    diff.decided_by_id, diff.decided_at = actor.id, utcnow()
+    db.session.flush()
+    audit.record(actor, "archive.hr_diff_accepted", diff,
+                 before={"field": diff.field, "value": diff.ours, "user": before},
+                 after={"field": diff.field, "value": diff.theirs, "user": audit.snapshot(user)})
+    archives.refresh_completeness(user_ids=[user.id])
+    return diff
+
+
+def ignore_diff(*, diff: HrDiff, actor: User) -> HrDiff:
+    """Keep MedLoop's value (audited). Raises InvalidTransition when the diff is not open."""
+    if diff.status != HrDiffStatus.OPEN:
+        raise InvalidTransition(f"该差异已{diff.status_label}")
+    diff.status = HrDiffStatus.IGNORED
+    diff.decided_by_id, diff.decided_at = actor.id, utcnow()
+    db.session.flush()
+    audit.record(actor, "archive.hr_diff_ignored", diff, after={"field": diff.field, "kept": diff.ours,
+                                                                "ignored": diff.theirs})
+    return diff
+
+
+def pending_staff() -> list[ArchiveProfile]:
+    """Archives created from HR data that 医务处 has not confirmed yet."""
+    return list(db.session.scalars(select(ArchiveProfile).where(ArchiveProfile.hr_pending.is_(True))
+                                   .order_by(ArchiveProfile.id)))
+
+
+def confirm_staff(*, user: User, role_code: str, actor: User) -> User:
+    """Confirm an HR-created person: give a role (its default scope), enable the account, clear "pending".
+    Raises ValidationFailed (unknown role), InvalidTransition (not pending)."""
+    profile = archives.get_profile(user)
+    if profile is None or not profile.hr_pending:
+        raise InvalidTransition("该人员不是待确认的人事新增人员")
+    roles = ensure_roles()
+    if role_code not in roles:
+        raise ValidationFailed({"role_code": "请选择角色"})
+    before = audit.snapshot(user)
+    if role_code not in user.role_codes:
+        scope = ROLES[role_code][2] if role_code in ROLES else Scope.DEPT.value
+        user.roles.append(UserRole(role=roles[role_code], scope=Scope(scope)))
+    user.is_active = True
+    profile.hr_pending = False
+    user.__dict__.pop("_perm_cache", None)
+    db.session.flush()
+    audit.record(actor, "archive.hr_staff_confirmed", user, before=before,
+                 after={**audit.snapshot(user), "role": role_code})
+    archives.refresh_completeness(user_ids=[user.id])
+    return user
+
+
+def role_choices() -> list[Role]:
+    return list(db.session.scalars(select(Role).where(Role.code.in_(["physician", "nurse", "pharmacist", "dept_head"]))
+                                   .order_by(Role.id)))
+
+
+def recent_batches(limit: int = 20) -> list[HrImportBatch]:
+    return list(db.session.scalars(select(HrImportBatch).order_by(HrImportBatch.id.desc()).limit(limit)))

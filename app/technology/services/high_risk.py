@@ -1,0 +1,347 @@
+"""高风险诊疗技术 (seed 000 §二.3): an editable catalogue with departments, the staff authorised for each item,
+and one evaluation a year per item through `tech_high_risk_eval`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Select, or_, select
+
+from app.audit import services as audit
+from app.auth.models import Department, User
+from app.auth.services import data_scope
+from app.db import db, utcnow
+from app.errors import Forbidden, InvalidTransition, NotFound, ValidationFailed
+from app.technology.models.high_risk import (
+    EVALUATION_STATUS_LABELS,
+    HIGH_RISK_CATEGORY_LABELS,
+    ITEM_STATUS_LABELS,
+    HighRiskAuthorization,
+    HighRiskEvaluation,
+    HighRiskItem,
+)
+from app.technology.services.common import Errors, active_user, today, workbook
+
+PROCESS_KEY = "tech_high_risk_eval"
+EDITABLE = ("code", "name", "category", "dept_id", "procedure_code", "requirements", "privilege_item_id", "note")
+
+
+def _clean_item(data: dict[str, Any], *, item: HighRiskItem | None) -> dict[str, Any]:
+    errors = Errors()
+    code = errors.text(data, "code", "目录编码", max_len=32)
+    if code:
+        clash = db.session.scalar(select(HighRiskItem.id).where(HighRiskItem.code == code))
+        if clash and (item is None or clash != item.id):
+            errors["code"] = "目录编码已存在"
+    clean: dict[str, Any] = {
+        "code": code,
+        "name": errors.text(data, "name", "技术名称", max_len=200),
+        "category": errors.choice(data, "category", "类别", HIGH_RISK_CATEGORY_LABELS),
+        "procedure_code": errors.text(data, "procedure_code", "手术操作编码", required=False, max_len=32),
+        "requirements": errors.text(data, "requirements", "准入条件", required=False, max_len=4000),
+        "note": errors.text(data, "note", "备注", required=False, max_len=500),
+    }
+    dept_id = errors.integer(data, "dept_id", "开展科室", minimum=1)
+    if dept_id is not None:
+        dept = db.session.get(Department, dept_id)
+        if dept is None or not dept.is_active:
+            errors["dept_id"] = "科室不存在或已停用"
+    clean["dept_id"] = dept_id
+    pid = errors.integer(data, "privilege_item_id", "对应医疗权限项目", required=False, minimum=1)
+    if pid is not None:
+        from app.privileges.models import PrivilegeItem
+
+        if db.session.get(PrivilegeItem, pid) is None:
+            errors["privilege_item_id"] = "医疗权限目录中没有该项目"
+    clean["privilege_item_id"] = pid
+    if errors:
+        raise ValidationFailed(dict(errors))
+    return clean
+
+
+def create_item(*, data: dict[str, Any], actor: User) -> HighRiskItem:
+    """Add a catalogue item (audited). Raises ValidationFailed."""
+    clean = _clean_item(data, item=None)
+    item = HighRiskItem(status="active", **clean)
+    db.session.add(item)
+    db.session.flush()
+    audit.record(actor, "technology.high_risk_created", item, after=audit.snapshot(item))
+    return item
+
+
+def update_item(*, item: HighRiskItem, data: dict[str, Any], actor: User) -> HighRiskItem:
+    """Edit a catalogue item (audited with before/after). Raises ValidationFailed."""
+    clean = _clean_item(data, item=item)
+    before = audit.snapshot(item)
+    for key in EDITABLE:
+        setattr(item, key, clean[key])
+    db.session.flush()
+    audit.record(actor, "technology.high_risk_updated", item, before=before, after=audit.snapshot(item))
+    return item
+
+
+def retire_item(*, item: HighRiskItem, actor: User, reason: str) -> HighRiskItem:
+    """Take an item out of use (never deleted: evaluations and authorisations stay on record)."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationFailed({"reason": "请填写停用原因"})
+    before = item.status
+    item.status = "retired"
+    item.note = (f"{item.note}；" if item.note else "") + f"停用：{reason}"[:200]
+    audit.record(actor, "technology.high_risk_retired", item, before={"status": before},
+                 after={"status": "retired", "reason": reason})
+    db.session.flush()
+    return item
+
+
+def authorize(*, item: HighRiskItem, data: dict[str, Any], actor: User) -> HighRiskAuthorization:
+    """Authorise a staff member for an item (audited). Raises ValidationFailed."""
+    errors = Errors()
+    uid = errors.integer(data, "user_id", "被授权人员", minimum=1)
+    user = active_user(uid) if uid else None
+    if uid and user is None:
+        errors["user_id"] = "人员不存在或已停用"
+    valid_from = errors.day(data, "valid_from", "生效日期", required=False) or today()
+    valid_until = errors.day(data, "valid_until", "有效期至", required=False)
+    if valid_until and valid_until < valid_from:
+        errors["valid_until"] = "有效期至不能早于生效日期"
+    role = errors.text(data, "role_in_team", "授权角色", required=False, max_len=32)
+    if item.status in ("retired", "suspended"):
+        errors["item"] = f"该技术{item.status_label}，不能新增授权"
+    if user is not None:
+        dup = db.session.scalar(select(HighRiskAuthorization.id).where(
+            HighRiskAuthorization.item_id == item.id, HighRiskAuthorization.user_id == user.id,
+            HighRiskAuthorization.status == "active"))
+        if dup:
+            errors["user_id"] = f"{user.name}已有该技术的有效授权"
+    if errors:
+        raise ValidationFailed(dict(errors))
+    assert user is not None
+    auth = HighRiskAuthorization(item_id=item.id, user_id=user.id, role_in_team=role, valid_from=valid_from,
+                                 valid_until=valid_until, status="active", granted_by_id=actor.id)
+    db.session.add(auth)
+    db.session.flush()
+    audit.record(actor, "technology.high_risk_authorized", auth, after=audit.snapshot(auth))
+    return auth
+
+
+def revoke_authorization(*, auth: HighRiskAuthorization, actor: User, reason: str) -> HighRiskAuthorization:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationFailed({"reason": "请填写取消原因"})
+    if auth.status != "active":
+        raise InvalidTransition("该授权已取消")
+    auth.status = "revoked"
+    auth.revoked_at = utcnow()
+    auth.revoked_by_id = actor.id
+    auth.revoke_reason = reason[:500]
+    audit.record(actor, "technology.high_risk_revoked", auth, after={"reason": reason})
+    db.session.flush()
+    return auth
+
+
+def staff_candidates(item: HighRiskItem) -> list[User]:
+    """Active staff of the item's department (who may be authorised for it)."""
+    return list(db.session.scalars(select(User).where(User.dept_id == item.dept_id, User.is_active.is_(True),
+                                                      User.departed_at.is_(None)).order_by(User.name)))
+
+
+def departments() -> list[Department]:
+    return list(db.session.scalars(select(Department).where(Department.is_active.is_(True)).order_by(Department.code)))
+
+
+def linked_grants(item: HighRiskItem) -> list[Any]:
+    """Effective clinical-privilege grants of the linked privilege item (who may perform it through app.privileges)."""
+    if not item.privilege_item_id:
+        return []
+    from app.privileges.models import Grant, GrantStatus
+
+    on = today()
+    return list(db.session.scalars(select(Grant).where(
+        Grant.item_id == item.privilege_item_id, Grant.status == GrantStatus.ACTIVE.value, Grant.valid_from <= on,
+        or_(Grant.valid_until.is_(None), Grant.valid_until >= on)).order_by(Grant.id)))
+
+
+# ---------------------------------------------------------------- yearly evaluation
+
+
+def start_evaluation(*, item: HighRiskItem, actor: User, year: int | None = None) -> HighRiskEvaluation:
+    """Start this year's evaluation of an item (one per item and year). Raises InvalidTransition."""
+    year = year or today().year
+    if item.status == "retired":
+        raise InvalidTransition("已停用的技术无需评估")
+    existing = db.session.scalar(select(HighRiskEvaluation).where(HighRiskEvaluation.item_id == item.id,
+                                                                  HighRiskEvaluation.year == year))
+    if existing is not None and existing.status != "withdrawn":
+        raise InvalidTransition(f"{item.name} {year} 年度评估已发起（{existing.status_label}）")
+    evaluation = existing or HighRiskEvaluation(item_id=item.id, year=year)
+    evaluation.status = "in_progress"
+    evaluation.started_by_id = actor.id
+    evaluation.item = item
+    db.session.add(evaluation)
+    db.session.flush()
+    from app.workflow import services as wf
+
+    instance = wf.start(key=PROCESS_KEY, business_key=evaluation.number, title=f"高风险技术年度评估：{item.name}（{year}）",
+                        actor=actor, dept_id=item.dept_id, campus_id=item.dept.campus_id,
+                        data={"evaluation_id": evaluation.id, "item_code": item.code, "item_name": item.name,
+                              "dept_name": item.dept.name, "year": year})
+    evaluation.instance_id = instance.id
+    db.session.flush()
+    audit.record(actor, "technology.high_risk_evaluation_started", evaluation,
+                 after={"item": item.code, "year": year, "instance_id": instance.id})
+    return evaluation
+
+
+def start_due_evaluations(*, actor: User, year: int | None = None) -> int:
+    """Start the year's evaluation for every item in use that has none yet (每年评估一次). Returns the count."""
+    year = year or today().year
+    done = select(HighRiskEvaluation.item_id).where(HighRiskEvaluation.year == year,
+                                                    HighRiskEvaluation.status != "withdrawn")
+    items = list(db.session.scalars(select(HighRiskItem).where(HighRiskItem.status != "retired",
+                                                               HighRiskItem.id.not_in(done)).order_by(HighRiskItem.id)))
+    for item in items:
+        start_evaluation(item=item, actor=actor, year=year)
+    return len(items)
+
+
+def evaluation_for_instance(instance: Any) -> HighRiskEvaluation | None:
+    evaluation = db.session.scalar(select(HighRiskEvaluation).where(HighRiskEvaluation.instance_id == instance.id))
+    if evaluation is None:
+        key = str(getattr(instance, "business_key", "") or "")
+        if key.startswith("GF") and key[2:].isdigit():
+            evaluation = db.session.get(HighRiskEvaluation, int(key[2:]))
+    return evaluation
+
+
+def on_task_complete(*, instance: Any, task: Any, data: dict[str, Any], actor: User) -> None:
+    evaluation = evaluation_for_instance(instance)
+    if evaluation is None:
+        return
+    spec = task.spec_name
+    if spec == "self_evaluation":
+        evaluation.self_evaluation = dict(data) | {"by": actor.name}
+        audit.record(actor, "technology.high_risk_self_evaluated", evaluation, after=evaluation.self_evaluation)
+    elif spec == "mao_evaluation":
+        evaluation.mao_comment = data.get("comment")
+        if data.get("decision") == "rectify":
+            evaluation.status = "rectify"
+            evaluation.item.status = "rectifying"
+        audit.record(actor, "technology.high_risk_evaluated", evaluation,
+                     after={"decision": data.get("decision"), "comment": data.get("comment")})
+    elif spec == "rectification":
+        evaluation.rectification = dict(data) | {"by": actor.name}
+        audit.record(actor, "technology.high_risk_rectified", evaluation, after=evaluation.rectification)
+    db.session.flush()
+
+
+def finalize(*, instance: Any, data: dict[str, Any], actor: Any) -> HighRiskEvaluation | None:
+    """End hook: continue keeps (or restores) the item in use; suspend stops it until re-evaluated."""
+    evaluation = evaluation_for_instance(instance)
+    if evaluation is None or evaluation.status in ("continue", "suspend", "withdrawn"):
+        return evaluation
+    final = str(data.get("final_decision") or "")
+    item = evaluation.item
+    before = {"status": item.status, "last_result": item.last_result}
+    if final in ("continue", "suspend"):
+        evaluation.status = final
+        evaluation.decided_at = utcnow()
+        item.status = "active" if final == "continue" else "suspended"
+        item.last_result = final
+        item.last_evaluated_on = today()
+        audit.record(actor, "technology.high_risk_evaluation_closed", item, before=before,
+                     after={"status": item.status, "last_result": final, "year": evaluation.year})
+    elif final in ("withdrawn", "terminated"):
+        evaluation.status = "withdrawn"
+        if item.status == "rectifying":
+            item.status = "active"
+        audit.record(actor, "technology.high_risk_evaluation_withdrawn", evaluation, after={"reason": data.get("reason")})
+    db.session.flush()
+    return evaluation
+
+
+# ---------------------------------------------------------------- queries
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    dept_id: int | None = None
+    category: str | None = None
+    status: str | None = None
+    q: str | None = None
+    due: bool = False
+
+
+def items_query(*, viewer: User, filters: ItemFilter | None = None) -> Select:
+    f = filters or ItemFilter()
+    scope = data_scope(viewer, "technology.view")
+    stmt = select(HighRiskItem).order_by(HighRiskItem.dept_id, HighRiskItem.code)
+    if scope.level.value == "self":
+        authorised = select(HighRiskAuthorization.item_id).where(HighRiskAuthorization.user_id == viewer.id)
+        stmt = stmt.where(or_(HighRiskItem.dept_id == viewer.dept_id, HighRiskItem.id.in_(authorised)))
+    else:
+        stmt = scope.filter(stmt, dept_col=HighRiskItem.dept_id)
+    if f.dept_id:
+        stmt = stmt.where(HighRiskItem.dept_id == f.dept_id)
+    if f.category:
+        stmt = stmt.where(HighRiskItem.category == f.category)
+    if f.status:
+        stmt = stmt.where(HighRiskItem.status == f.status)
+    if f.due:
+        done = select(HighRiskEvaluation.item_id).where(HighRiskEvaluation.year == today().year)
+        stmt = stmt.where(HighRiskItem.status != "retired", HighRiskItem.id.not_in(done))
+    if f.q:
+        like = f"%{f.q.strip()}%"
+        stmt = stmt.where(or_(HighRiskItem.name.ilike(like), HighRiskItem.code.ilike(like),
+                              HighRiskItem.procedure_code.ilike(like)))
+    return stmt
+
+
+def get_item(*, item_id: int, viewer: User) -> HighRiskItem:
+    item = db.session.get(HighRiskItem, item_id)
+    if item is None:
+        raise NotFound("高风险诊疗技术不存在")
+    scope = data_scope(viewer, "technology.view")
+    if scope.level.value == "self":
+        ok = item.dept_id == viewer.dept_id or any(a.user_id == viewer.id for a in item.authorizations)
+    else:
+        ok = scope.allows(dept_id=item.dept_id)
+    if not ok:
+        raise Forbidden("您无权查看该技术")
+    return item
+
+
+def evaluations(item: HighRiskItem) -> list[HighRiskEvaluation]:
+    return list(db.session.scalars(select(HighRiskEvaluation).where(HighRiskEvaluation.item_id == item.id)
+                                   .order_by(HighRiskEvaluation.year.desc())))
+
+
+EXPORT_COLUMNS = ["目录编码", "技术名称", "类别", "科室", "手术操作编码", "状态", "有效授权人数", "最近评估日期", "最近评估结论",
+                  "准入条件"]
+
+
+def export_workbook(items: list[HighRiskItem]) -> bytes:
+    on = today()
+
+    def active(item: HighRiskItem) -> int:
+        return sum(1 for a in item.authorizations if a.status == "active" and (a.valid_until is None or a.valid_until >= on))
+
+    rows = [[i.code, i.name, i.category_label, i.dept.name, i.procedure_code or "",
+             ITEM_STATUS_LABELS.get(i.status, i.status), active(i),
+             i.last_evaluated_on.isoformat() if i.last_evaluated_on else "",
+             EVALUATION_STATUS_LABELS.get(i.last_result or "", ""), i.requirements or ""] for i in items]
+    return workbook("高风险诊疗技术", EXPORT_COLUMNS, rows, [12, 30, 10, 10, 14, 8, 10, 12, 10, 40])
+
+
+def is_authorised(*, user_id: int, item: HighRiskItem, on: date | None = None) -> bool:
+    """Whether a person may perform an item today: an own authorisation or an effective linked privilege grant."""
+    on = on or today()
+    if item.status != "active":
+        return False
+    for a in item.authorizations:
+        if a.user_id == user_id and a.status == "active" and a.valid_from <= on and (
+                a.valid_until is None or a.valid_until >= on):
+            return True
+    return any(g.user_id == user_id for g in linked_grants(item))

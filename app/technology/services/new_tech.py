@@ -1,0 +1,401 @@
+"""新技术新项目 (seed 000 §二.1(1)): application, expert review, approval and follow-up through `tech_new_project`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Select, func, or_, select
+
+from app.audit import services as audit
+from app.auth.models import Department, User
+from app.auth.services import data_scope, has_permission
+from app.core.timefmt import local
+from app.db import db, utcnow
+from app.errors import Forbidden, ValidationFailed
+from app.notify import services as notify
+from app.technology.models.new_tech import (
+    CATEGORY_LABELS,
+    PROJECT_STATUS_LABELS,
+    RISK_LABELS,
+    ExpertReview,
+    NewTechProject,
+    ProgressReport,
+    ProjectStatus,
+)
+from app.technology.services.common import (
+    Errors,
+    active_user,
+    acts_for_designated,
+    holds_role,
+    int_list,
+    workbook,
+)
+
+PROCESS_KEY = "tech_new_project"
+MIN_EXPERTS = 2
+MAX_EXPERTS = 9
+TEAM_MAX = 20
+
+
+def _team(raw: Any, errors: Errors) -> list[str]:
+    if raw is None or raw == "":
+        return []
+    lines = raw if isinstance(raw, list) else str(raw).splitlines()
+    team = [str(x).strip() for x in lines if str(x).strip()]
+    if len(team) > TEAM_MAX:
+        errors["team"] = f"团队成员不超过 {TEAM_MAX} 人"
+    for idx, member in enumerate(team):
+        if len(member) > 100:
+            errors[f"team/{idx}"] = "每位成员的说明不超过 100 字"
+    return team
+
+
+def validate_application(*, applicant: User, data: dict[str, Any]) -> dict[str, Any]:
+    """Check an application's fields; returns the clean values. Raises ValidationFailed (field paths, Chinese)."""
+    errors = Errors()
+    if applicant.departed_at is not None or not applicant.is_active:
+        errors["applicant"] = "离职或已停用人员不能申请"
+    clean: dict[str, Any] = {
+        "name": errors.text(data, "name", "项目名称", max_len=200),
+        "category": errors.choice(data, "category", "项目类别", CATEGORY_LABELS),
+        "risk_level": errors.choice(data, "risk_level", "风险等级", RISK_LABELS),
+        "description": errors.text(data, "description", "项目简介", max_len=4000),
+        "expected_cases": errors.integer(data, "expected_cases", "预计年开展例数", minimum=1, maximum=100000),
+        "ethics_required": errors.flag(data, "ethics_required", "是否需要伦理审查"),
+        "team": _team(data.get("team"), errors),
+    }
+    dept_id = errors.integer(data, "dept_id", "开展科室", required=False, minimum=1) or applicant.dept_id
+    dept = db.session.get(Department, dept_id) if dept_id else None
+    if dept is None or not dept.is_active:
+        errors.setdefault("dept_id", "请选择开展科室")
+    elif dept.id != applicant.dept_id and not has_permission(applicant, "technology.manage"):
+        errors["dept_id"] = "只能为本科室申请新技术新项目"
+    clean["dept"] = dept
+    lead_id = errors.integer(data, "lead_id", "项目负责人", required=False, minimum=1) or applicant.id
+    lead = active_user(lead_id)
+    if lead is None:
+        errors.setdefault("lead_id", "项目负责人不存在或已停用")
+    elif dept is not None and lead.dept_id != dept.id:
+        errors["lead_id"] = "项目负责人应为开展科室的医师"
+    clean["lead"] = lead
+    if clean["risk_level"] == "high" and not clean["ethics_required"]:
+        errors["ethics_required"] = "高风险项目须经伦理审查"
+    if errors:
+        raise ValidationFailed(dict(errors))
+    return clean
+
+
+def flow_data(project: NewTechProject, *, report_interval_override: str | None = None) -> dict[str, Any]:
+    """Task data `tech_new_project` starts with (the DMN tech_risk_rules reads risk_level)."""
+    return {
+        "project_id": project.id, "project_no": project.number, "project_name": project.name,
+        "dept_name": project.dept.name, "applicant_name": project.applicant.name, "lead_id": project.lead_id,
+        "lead_name": project.lead.name, "risk_level": project.risk_level, "ethics_required": project.ethics_required,
+        "expected_cases": project.expected_cases, "expert_ids": [], "review_round": 0, "extension_count": 0,
+        "report_interval_override": report_interval_override,
+    }
+
+
+def apply(*, applicant: User, data: dict[str, Any], report_interval_override: str | None = None) -> NewTechProject:
+    """Create a project and start `tech_new_project` (audited). Raises ValidationFailed; nothing is written then."""
+    clean = validate_application(applicant=applicant, data=data)
+    dept: Department = clean["dept"]
+    project = NewTechProject(
+        name=clean["name"], category=clean["category"], dept_id=dept.id, campus_id=dept.campus_id,
+        applicant_id=applicant.id, lead_id=clean["lead"].id, team=clean["team"], description=clean["description"],
+        risk_level=clean["risk_level"], ethics_required=clean["ethics_required"],
+        expected_cases=clean["expected_cases"], status=ProjectStatus.DEPT_REVIEW, submitted_at=utcnow())
+    project.dept, project.applicant, project.lead = dept, applicant, clean["lead"]
+    db.session.add(project)
+    db.session.flush()
+    from app.workflow import services as wf
+
+    instance = wf.start(key=PROCESS_KEY, business_key=project.number, title=f"新技术新项目：{project.name}（{dept.name}）",
+                        actor=applicant, dept_id=dept.id, campus_id=dept.campus_id,
+                        data=flow_data(project, report_interval_override=report_interval_override))
+    project.instance_id = instance.id
+    db.session.flush()
+    audit.record(applicant, "technology.project_submitted", project, after=audit.snapshot(project))
+    return project
+
+
+def apply_choices(applicant: User) -> tuple[list[Department], list[User]]:
+    """Departments an applicant may apply for (own; any clinical one for the office) and their possible leads."""
+    stmt = select(Department).where(Department.is_active.is_(True)).order_by(Department.code)
+    if has_permission(applicant, "technology.manage"):
+        departments = list(db.session.scalars(stmt.where(Department.kind == "clinical")))
+    else:
+        departments = list(db.session.scalars(stmt.where(Department.id == applicant.dept_id)))
+    leads = list(db.session.scalars(select(User).where(User.dept_id.in_([d.id for d in departments]),
+                                                       User.is_active.is_(True), User.departed_at.is_(None))
+                                    .order_by(User.dept_id, User.name)))
+    return departments, leads
+
+
+# ---------------------------------------------------------------- steps done on the project page
+
+
+def validate_experts(raw_ids: Any, project: NewTechProject) -> list[User]:
+    """The experts named for a review: active holders of the `expert` role, not on the project team's side.
+    Raises ValidationFailed with `expert_ids/N` paths."""
+    errors = Errors()
+    ids = int_list(raw_ids, "expert_ids", errors)
+    users: list[User] = []
+    seen: set[int] = set()
+    for idx, uid in enumerate(ids):
+        path = f"expert_ids/{idx}"
+        user = active_user(uid)
+        if uid in seen:
+            errors[path] = "重复选择了同一位专家"
+        elif user is None:
+            errors[path] = "专家不存在或已停用"
+        elif not holds_role(user, "expert"):
+            errors[path] = f"{user.name}不是技术评审专家"
+        elif user.id in (project.applicant_id, project.lead_id):
+            errors[path] = f"{user.name}是本项目申请人或负责人，应回避"
+        else:
+            users.append(user)
+        seen.add(uid)
+    if not errors and not (MIN_EXPERTS <= len(users) <= MAX_EXPERTS):
+        errors["expert_ids"] = f"请选择 {MIN_EXPERTS}–{MAX_EXPERTS} 位评审专家"
+    if errors:
+        raise ValidationFailed(dict(errors))
+    return users
+
+
+def assign_experts(*, project: NewTechProject, actor: User, expert_ids: list[Any], comment: str | None = None) -> NewTechProject:
+    """Complete the 组织专家评审 step: each chosen expert gets an own review task. Raises ValidationFailed,
+    NotFound (the flow is not at that step), Forbidden."""
+    from app.technology.services.common import assign_by_task_data, ready_task
+    from app.workflow import services as wf
+
+    users = validate_experts(expert_ids, project)
+    task = ready_task(project.instance_id, "assign_experts", what="组织专家评审")
+    data: dict[str, Any] = {"expert_ids": [u.id for u in users]}
+    if comment:
+        data["comment"] = comment.strip()[:1000]
+    wf.complete(task_id=task.id, actor=actor, data=data)
+    assign_by_task_data(project.instance_id or 0)
+    return project
+
+
+# ---------------------------------------------------------------- engine hooks (called from technology.flow)
+
+
+def project_for_instance(instance: Any) -> NewTechProject | None:
+    project = db.session.scalar(select(NewTechProject).where(NewTechProject.instance_id == instance.id)
+                                .with_for_update(of=NewTechProject))
+    if project is None:
+        key = str(getattr(instance, "business_key", "") or "")
+        if key.startswith("XJS") and key[3:].isdigit():
+            project = db.session.get(NewTechProject, int(key[3:]))
+    return project
+
+
+def _set_status(project: NewTechProject, status: ProjectStatus, actor: Any, **extra: Any) -> None:
+    before = str(project.status)
+    project.status = status
+    audit.record(actor, "technology.project_status", project, before={"status": before},
+                 after={"status": status.value, **extra})
+
+
+def on_task_complete(*, instance: Any, task: Any, data: dict[str, Any], actor: User) -> None:
+    """Keep the project row in step with the flow as each user task is completed (same transaction)."""
+    project = project_for_instance(instance)
+    if project is None:
+        return
+    spec = task.spec_name
+    decision = data.get("decision")
+    if spec == "dept_review":
+        if decision == "approve":
+            _set_status(project, ProjectStatus.EXPERT_ASSIGN, actor, step="科室审核")
+        elif decision == "return":
+            _set_status(project, ProjectStatus.RETURNED, actor, step="科室审核", comment=data.get("comment"))
+    elif spec == "revise":
+        revised = (data.get("revised_text") or "").strip()
+        if revised and revised != project.description:
+            audit.record(actor, "technology.project_revised", project, before={"description": project.description},
+                         after={"description": revised})
+            project.description = revised
+        _set_status(project, ProjectStatus.DEPT_REVIEW, actor, step="修改申请", note=data.get("revision_note"))
+    elif spec == "assign_experts":
+        experts = validate_experts(data.get("expert_ids"), project)
+        project.expert_ids = [u.id for u in experts]
+        _set_status(project, ProjectStatus.EXPERT_REVIEW, actor, experts=[u.name for u in experts])
+    elif spec == "expert_review [child]":
+        _record_expert_review(project, task, data, actor)
+    elif spec == "ethics_submit":
+        from app.technology.services import ethics
+
+        ethics.start_for_source(source_kind="new_tech", source_id=project.id, title=project.name,
+                                description=project.description, applicant=project.applicant,
+                                dept_id=project.dept_id, campus_id=project.campus_id, data=data, actor=actor)
+        _set_status(project, ProjectStatus.ETHICS_REVIEW, actor, step="提交伦理审查")
+    elif spec == "mao_approval":
+        if decision == "approve":
+            project.approved_at = utcnow()
+            _set_status(project, ProjectStatus.TRACKING, actor, step="医务处审批", comment=data.get("comment"))
+            notify.notify(user_ids={project.applicant_id, project.lead_id}, title=f"新技术新项目 {project.number} 已批准开展",
+                          body=f"{project.name}：请按追踪周期提交进展报告", link=f"/technology/new-tech/{project.id}",
+                          kind="result")
+        elif decision == "return":
+            _set_status(project, ProjectStatus.RETURNED, actor, step="医务处审批", comment=data.get("comment"))
+    elif spec == "progress_report":
+        seq = (db.session.scalar(select(func.count()).select_from(ProgressReport)
+                                 .where(ProgressReport.project_id == project.id)) or 0) + 1
+        report = ProgressReport(
+            project_id=project.id, seq=seq, period_label=str(data.get("period_label") or "")[:64],
+            cases_done=int(data.get("cases_done") or 0), effective_cases=int(data.get("effective_cases") or 0),
+            complications=int(data.get("complications") or 0), adverse_events=int(data.get("adverse_events") or 0),
+            summary=str(data.get("summary") or ""), problems=data.get("problems"), submitted_by_id=actor.id)
+        db.session.add(report)
+        db.session.flush()
+        audit.record(actor, "technology.progress_reported", report, after=audit.snapshot(report))
+    elif spec == "progress_review":
+        latest = db.session.scalar(select(ProgressReport).where(ProgressReport.project_id == project.id)
+                                   .order_by(ProgressReport.id.desc()).limit(1))
+        if latest is not None:
+            latest.review_decision = str(decision)
+            latest.review_comment = data.get("comment")
+            latest.reviewed_by_id = actor.id
+            latest.reviewed_at = utcnow()
+            audit.record(actor, "technology.progress_reviewed", latest,
+                         after={"decision": decision, "comment": latest.review_comment})
+        if decision == "continue":
+            _set_status(project, ProjectStatus.TRACKING, actor, step="进展审核")
+        elif decision == "extend":
+            project.extension_count += 1
+            _set_status(project, ProjectStatus.EXTENDED, actor, step="进展审核", comment=data.get("comment"))
+    db.session.flush()
+
+
+def _record_expert_review(project: NewTechProject, task: Any, data: dict[str, Any], actor: User) -> None:
+    from app.workflow import services as wf
+
+    task_data = wf.task_data(task)
+    designated = task_data.get("expert_id")
+    if not acts_for_designated(task, actor, designated):
+        expert = db.session.get(User, int(designated or 0))
+        raise Forbidden(f"该评审任务指定由{expert.name if expert else '其他专家'}评审，您不能代为提交")
+    review_round = int(task_data.get("review_round") or 1)
+    review = ExpertReview(project_id=project.id, expert_id=actor.id, round=review_round,
+                          score=int(data["score"]), recommendation=str(data["recommendation"]),
+                          comment=str(data.get("comment") or ""))
+    db.session.add(review)
+    db.session.flush()
+    audit.record(actor, "technology.expert_reviewed", review, after=audit.snapshot(review))
+    reviews = list(db.session.scalars(select(ExpertReview).where(ExpertReview.project_id == project.id,
+                                                                 ExpertReview.round == review_round)))
+    if len(reviews) >= len(project.expert_ids or []):
+        project.expert_count = len(reviews)
+        project.expert_avg = round(sum(r.score for r in reviews) / len(reviews), 1)
+        nxt = ProjectStatus.ETHICS_REVIEW if project.ethics_required else ProjectStatus.MAO_APPROVAL
+        _set_status(project, nxt, actor, expert_count=project.expert_count, expert_avg=project.expert_avg)
+
+
+def finalize(*, instance: Any, data: dict[str, Any], actor: Any) -> NewTechProject | None:
+    """End hook: routine / stopped / rejected / withdrawn. Notifies the applicant and audits. Idempotent."""
+    project = project_for_instance(instance)
+    if project is None or str(project.status) in ("routine", "terminated", "rejected", "withdrawn"):
+        return project
+    outcome = {"routine": ProjectStatus.ROUTINE, "stopped": ProjectStatus.TERMINATED,
+               "rejected": ProjectStatus.REJECTED, "withdrawn": ProjectStatus.WITHDRAWN,
+               "terminated": ProjectStatus.WITHDRAWN}.get(str(data.get("final_decision")))
+    if outcome is None:
+        return project
+    comment = (data.get("reason") if outcome is ProjectStatus.WITHDRAWN else data.get("comment")) or None
+    project.final_comment = comment
+    project.decided_at = utcnow()
+    _set_status(project, outcome, actor, comment=comment)
+    if getattr(actor, "id", None) != project.applicant_id:
+        notify.notify(user_ids=[project.applicant_id], title=f"新技术新项目 {project.number}：{project.status_label}",
+                      body=comment or project.name, link=f"/technology/new-tech/{project.id}", kind="result")
+    db.session.flush()
+    return project
+
+
+# ---------------------------------------------------------------- queries
+
+
+@dataclass(frozen=True)
+class ProjectFilter:
+    status: str | None = None
+    dept_id: int | None = None
+    category: str | None = None
+    risk_level: str | None = None
+    q: str | None = None
+
+
+def projects_query(*, viewer: User, filters: ProjectFilter | None = None) -> Select:
+    """Projects in the viewer's technology.view scope (own projects for a self scope). Raises Forbidden."""
+    f = filters or ProjectFilter()
+    scope = data_scope(viewer, "technology.view")
+    stmt = select(NewTechProject).order_by(NewTechProject.id.desc())
+    if scope.level.value == "self":
+        stmt = stmt.where(or_(NewTechProject.applicant_id == viewer.id, NewTechProject.lead_id == viewer.id))
+    else:
+        stmt = scope.filter(stmt, dept_col=NewTechProject.dept_id, campus_col=NewTechProject.campus_id)
+    if f.status == "open":
+        stmt = stmt.where(NewTechProject.status.in_(("dept_review", "returned", "expert_assign", "expert_review",
+                                                      "ethics_review", "mao_approval")))
+    elif f.status:
+        stmt = stmt.where(NewTechProject.status == f.status)
+    if f.dept_id:
+        stmt = stmt.where(NewTechProject.dept_id == f.dept_id)
+    if f.category:
+        stmt = stmt.where(NewTechProject.category == f.category)
+    if f.risk_level:
+        stmt = stmt.where(NewTechProject.risk_level == f.risk_level)
+    if f.q:
+        like = f"%{f.q.strip()}%"
+        stmt = stmt.where(or_(NewTechProject.name.ilike(like), NewTechProject.description.ilike(like)))
+    return stmt
+
+
+def status_counts(*, viewer: User) -> dict[str, int]:
+    sub = projects_query(viewer=viewer).order_by(None).subquery()
+    rows = db.session.execute(select(sub.c.status, func.count()).group_by(sub.c.status)).all()
+    return {str(row[0]): int(cast(int, row[1])) for row in rows}
+
+
+def may_view(project: NewTechProject, viewer: User) -> bool:
+    if viewer.id in (project.applicant_id, project.lead_id) or viewer.id in (project.expert_ids or []):
+        return True
+    if not has_permission(viewer, "technology.view"):
+        return False
+    scope = data_scope(viewer, "technology.view")
+    if scope.level.value == "self":
+        return False
+    return scope.allows(dept_id=project.dept_id, campus_id=project.campus_id)
+
+
+def get_project(*, project_id: int, viewer: User) -> NewTechProject:
+    """A project the viewer may see. Raises NotFound, Forbidden."""
+    from app.errors import NotFound
+
+    project = db.session.get(NewTechProject, project_id)
+    if project is None:
+        raise NotFound("新技术新项目不存在")
+    if not may_view(project, viewer):
+        raise Forbidden("您无权查看该项目（不在数据范围内）")
+    return project
+
+
+def reviews_by_round(project: NewTechProject) -> dict[int, list[ExpertReview]]:
+    out: dict[int, list[ExpertReview]] = {}
+    for r in project.reviews:
+        out.setdefault(r.round, []).append(r)
+    return out
+
+
+EXPORT_COLUMNS = ["项目编号", "项目名称", "类别", "科室", "申请人", "负责人", "风险等级", "需伦理审查", "预计例数",
+                  "专家人数", "专家均分", "状态", "提交时间", "批准时间", "办结时间", "延期次数"]
+
+
+def export_workbook(projects: list[NewTechProject]) -> bytes:
+    rows = [[p.number, p.name, p.category_label, p.dept.name, p.applicant.name, p.lead.name, p.risk_label,
+             "是" if p.ethics_required else "否", p.expected_cases, p.expert_count or "", p.expert_avg or "",
+             PROJECT_STATUS_LABELS.get(str(p.status), str(p.status)), local(p.submitted_at), local(p.approved_at),
+             local(p.decided_at), p.extension_count] for p in projects]
+    return workbook("新技术新项目", EXPORT_COLUMNS, rows, [12, 30, 12, 10, 8, 8, 8, 8, 8, 8, 8, 12, 16, 16, 16, 8])
