@@ -37,7 +37,7 @@ ROLES: dict[str, tuple[str, list[str], str]] = {
     "mao": (
         "医务处",
         ["tasks.work", "privileges.view", "privileges.review_mao", "privileges.manage", "archives.view",
-         "archives.manage", "workflow.view_all", "audit.view", "loops.view"],
+         "archives.manage", "workflow.view_all", "audit.view", "loops.view", "loops.admin", "forms.admin"],
         "group",
     ),
     "committee": ("医师资格和授权管理小组", ["tasks.work", "privileges.view", "privileges.approve"], "group"),
