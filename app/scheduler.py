@@ -12,7 +12,8 @@ _started = False
 
 
 def run_due_work(app: Flask) -> int:
-    """One tick: fire due workflow timers. Returns how many instances were advanced."""
+    """One tick: fire due workflow timers, send due outbox messages, run the privilege expiry/reminder job.
+    Returns how many instances were advanced."""
     from app.db import db
     from app.workflow import services as wf
 
@@ -20,9 +21,21 @@ def run_due_work(app: Flask) -> int:
         try:
             fired = wf.fire_due_timers()
             db.session.commit()
-            return fired
         finally:
             db.session.remove()
+        _other_work(app)
+        return fired
+
+
+def _other_work(app: Flask) -> None:
+    from app.outbox.tasks import dispatch_batches
+    from app.privileges.tasks import periodic
+
+    for work in (periodic, dispatch_batches):  # each commits its own work; one failing must not stop the other
+        try:
+            work()
+        except Exception:  # noqa: BLE001
+            log.exception("scheduler work %s failed", work.__name__)
 
 
 def start_in_process_scheduler(app: Flask, interval: float = 15.0) -> None:

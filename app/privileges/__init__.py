@@ -17,3 +17,12 @@ def register(app):
     add_nav("privileges.grants", "授权查询", "privileges.view", order=32)
     add_nav("privileges.catalogue", "权限目录", "privileges.view", order=33)
     app.extensions["privileges_flow_hooks"] = flow.install()
+
+    from app.privileges import admin, api, check
+
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(api.bp)
+    check.install(app)
+    app.extensions["privileges_flow_hooks"] += admin.install_hooks()
+    add_nav("privilege_admin.grants", "权限管理", "privileges.manage", order=34)
+    add_nav("privilege_admin.stats", "授权统计", "privileges.manage", order=35)

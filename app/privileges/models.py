@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.auth.models import Campus, Department, User
@@ -165,3 +165,76 @@ class Grant(TimestampMixin, Model):
         """Active and inside its validity window on the given day."""
         return (self.status == GrantStatus.ACTIVE and self.valid_from <= on
                 and (self.valid_until is None or on <= self.valid_until))
+
+
+class EmergencyReviewStatus(StrEnum):
+    PENDING = "pending"
+    KEPT = "kept"
+    REVOKED = "revoked"
+
+    @property
+    def label(self) -> str:
+        return EMERGENCY_REVIEW_LABELS[self.value]
+
+
+EMERGENCY_REVIEW_LABELS = {"pending": "待事后审核", "kept": "审核维持至到期", "revoked": "审核撤销"}
+
+
+class EmergencyGrant(TimestampMixin, Model):
+    """紧急授权 (seed 000 §三.1): a grant effective at once, to the hour, reviewed afterwards by 医务处."""
+
+    __tablename__ = "privilege_emergency_grants"
+    __table_args__ = {"comment": "紧急授权（限时、事后审核）"}
+    id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
+    grant_id: Mapped[int] = mapped_column(ForeignKey("privilege_grants.id"), unique=True, comment="对应的授权记录")
+    starts_at: Mapped[datetime] = mapped_column(comment="生效时间")
+    expires_at: Mapped[datetime] = mapped_column(index=True, comment="失效时间（精确到分钟，最长 72 小时）")
+    hours: Mapped[int] = mapped_column(comment="授权时长（小时）")
+    reason: Mapped[str] = mapped_column(Text, comment="紧急授权理由（患者情况、无相应权限医师在场等）")
+    patient_ref: Mapped[str | None] = mapped_column(String(64), comment="相关患者住院号或门诊号（可选）")
+    granted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="授权人（医务处）")
+    review_instance_id: Mapped[int | None] = mapped_column(index=True, comment="事后审核流程实例编号")
+    review_status: Mapped[EmergencyReviewStatus] = mapped_column(
+        String(16), default=EmergencyReviewStatus.PENDING, comment="事后审核状态：pending/kept/revoked")
+    reviewed_at: Mapped[datetime | None] = mapped_column(comment="事后审核完成时间")
+    reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="事后审核人")
+    review_comment: Mapped[str | None] = mapped_column(Text, comment="事后审核意见")
+
+    grant: Mapped[Grant] = relationship(lazy="joined")
+    granted_by: Mapped[User | None] = relationship(foreign_keys=[granted_by_id])
+    reviewed_by: Mapped[User | None] = relationship(foreign_keys=[reviewed_by_id])
+
+    @property
+    def number(self) -> str:
+        return f"JJ{self.id:06d}"
+
+    @property
+    def review_label(self) -> str:
+        return EMERGENCY_REVIEW_LABELS.get(str(self.review_status), str(self.review_status))
+
+
+class GrantReminder(Model):
+    __tablename__ = "privilege_grant_reminders"
+    __table_args__ = (UniqueConstraint("grant_id", "days_before"), {"comment": "授权到期提醒记录（每项授权每个提醒档只发一次）"})
+    id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
+    grant_id: Mapped[int] = mapped_column(ForeignKey("privilege_grants.id"), index=True, comment="授权记录")
+    days_before: Mapped[int] = mapped_column(comment="提醒档（到期前天数：60 或 30）")
+    valid_until: Mapped[date] = mapped_column(comment="提醒时的有效期至")
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow, comment="提醒时间")
+
+
+class PrivilegeIndexVersion(Model):
+    __tablename__ = "privilege_index_versions"
+    __table_args__ = {"comment": "授权校验缓存版本号（未配置 Redis 时各进程据此判断缓存是否失效）"}
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False, comment="主键（固定为 1）")
+    version: Mapped[int] = mapped_column(BigInteger, default=0, comment="版本号：授权、人员或目录每变更一次加一")
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow, comment="最近变更时间")
+
+
+class PrivilegeIndexChange(Model):
+    __tablename__ = "privilege_index_changes"
+    __table_args__ = {"comment": "授权校验缓存变更日志（各进程据此只重载受影响医师的授权；技术数据，定期清理）"}
+    id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
+    version: Mapped[int] = mapped_column(BigInteger, index=True, comment="本次变更后的版本号")
+    user_id: Mapped[int | None] = mapped_column(comment="受影响的人员（为空表示目录等全局变更，须全部重载）")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, comment="记录时间")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Select, and_, func, or_, select
 
@@ -322,6 +322,7 @@ def _grant_items(application: PrivilegeApplication, actor: User | None) -> list[
             old.revoked_at = utcnow()
             old.revoked_reason = f"由申请 {application.number} 的再授权替代"
             audit.record(actor, "privilege.grant_expired", old, after={"reason": old.revoked_reason})
+            push_grant_change(grant=old, reason=old.revoked_reason)
         grant = Grant(user_id=application.applicant_id, item_id=item.id, application_id=application.id,
                       status=GrantStatus.ACTIVE, valid_from=start, valid_until=validity_until(item.category, start),
                       granted_by_id=getattr(actor, "id", None), granted_at=utcnow())
@@ -333,6 +334,7 @@ def _grant_items(application: PrivilegeApplication, actor: User | None) -> list[
         audit.record(actor, "privilege.grant_created", grant,
                      after={"user_id": grant.user_id, "item": grant.item.code, "valid_from": grant.valid_from,
                             "valid_until": grant.valid_until, "application": application.number})
+        push_grant_change(grant=grant, reason=f"申请 {application.number} 审批通过")
     return grants
 
 
@@ -475,6 +477,7 @@ def expire_grants(*, on: date | None = None, actor: User | str | None = "medloop
         grant.revoked_at = utcnow()
         grant.revoked_reason = f"有效期至 {grant.valid_until} 已届满"
         audit.record(actor, "privilege.grant_expired", grant, after={"valid_until": grant.valid_until})
+        push_grant_change(grant=grant, reason=grant.revoked_reason)
     db.session.flush()
     return len(rows)
 
@@ -489,6 +492,7 @@ def revoke_all_for_departure(*, user: User, actor: User | str | None, reason: st
         grant.revoked_by_id = getattr(actor, "id", None)
         grant.revoked_reason = reason
         audit.record(actor, "privilege.grant_revoked", grant, after={"reason": reason})
+        push_grant_change(grant=grant, reason=reason)
     db.session.flush()
     return len(rows)
 
@@ -531,3 +535,836 @@ def grant_counts_by_category(*, viewer: User) -> list[tuple[str, int]]:
     rows = db.session.execute(select(sub.c.name, func.count()).group_by(sub.c.name, sub.c.sort_order)
                               .order_by(sub.c.sort_order))
     return [(str(row[0]), int(row[1])) for row in rows]
+
+
+# ---------------------------------------------------------------- grant management (seed 000 §三.2, §三.4, §三.6)
+# Every grant change below is pushed to HIS through the outbox (channel "his") in the same transaction, keyed per
+# physician and item so HIS receives one item's changes in order; the HIS check index is invalidated by
+# app.privileges.check's session events.
+
+HIS_CHANNEL = "his"
+HIS_EVENT = "privilege.changed"
+MANAGE_REASON_MAX = 500
+EMERGENCY_MAX_HOURS = 72
+EMERGENCY_PROCESS_KEY = "privilege_emergency_review"
+REMINDER_THRESHOLDS = (60, 30)
+BATCH_MAX_USERS = 200
+BATCH_MAX_ITEMS = 50
+
+AUDIT_LABELS.update({
+    "privilege.grant_suspended": "暂停医疗权限",
+    "privilege.grant_resumed": "恢复医疗权限",
+    "privilege.emergency_granted": "紧急授权",
+    "privilege.emergency_expired": "紧急授权到期",
+    "privilege.emergency_reviewed": "紧急授权事后审核",
+    "privilege.batch_granted": "批量授予医疗权限",
+})
+
+
+def grant_key(grant: Grant) -> str:
+    """Outbox ordering key: one physician's one item (a renewal's old and new grant share it)."""
+    return f"privilege:{grant.user_id}:{grant.item.code}"
+
+
+def grant_payload(grant: Grant, *, reason: str | None = None) -> dict[str, Any]:
+    """What HIS receives for a grant change: who, which item, its state and validity, and why."""
+    from app.privileges.models import EmergencyGrant
+
+    user = grant.user if grant.user is not None else db.session.get(User, grant.user_id)
+    item = grant.item
+    emergency = db.session.scalar(select(EmergencyGrant).where(EmergencyGrant.grant_id == grant.id))
+    return {
+        "grant_id": grant.id,
+        "staff_no": user.staff_no if user else None,
+        "name": user.name if user else None,
+        "dept_his_code": user.dept.his_code if user and user.dept else None,
+        "code": item.code,
+        "item_name": item.name,
+        "procedure_code": item.procedure_code,
+        "category": item.category.code,
+        "grade": item.grade,
+        "grade_level": item.grade_level,
+        "status": str(grant.status),
+        "valid_from": grant.valid_from,
+        "valid_until": grant.valid_until,
+        "expires_at": emergency.expires_at if emergency else None,
+        "emergency": emergency is not None,
+        "reason": reason if reason is not None else grant.revoked_reason,
+        "changed_at": utcnow(),
+    }
+
+
+def push_grant_change(*, grant: Grant, reason: str | None = None) -> Any:
+    """Queue the grant's current state for HIS in the caller's transaction. Returns the outbox message."""
+    from app.outbox import services as outbox
+
+    db.session.flush()
+    return outbox.enqueue(channel=HIS_CHANNEL, event=HIS_EVENT, payload=grant_payload(grant, reason=reason),
+                          key=grant_key(grant))
+
+
+def _clean_reason(reason: str | None, *, field: str = "reason", label: str = "原因") -> str:
+    text = (reason or "").strip()
+    if not text:
+        raise ValidationFailed({field: f"请填写{label}"})
+    if len(text) > MANAGE_REASON_MAX:
+        raise ValidationFailed({field: f"{label}不能超过 {MANAGE_REASON_MAX} 字"})
+    return text
+
+
+def get_managed_grant(*, grant_id: int, viewer: User) -> Grant:
+    """A grant inside the viewer's privileges.manage scope. Raises Forbidden without it, NotFound outside it."""
+    scope = data_scope(viewer, "privileges.manage")
+    grant = db.session.get(Grant, grant_id)
+    if grant is None or not scope.allows(user_id=grant.user_id, dept_id=grant.user.dept_id,
+                                         campus_id=grant.user.campus_id):
+        raise NotFound("授权记录不存在")
+    return grant
+
+
+def _lock_grant(grant: Grant) -> Grant:
+    locked = db.session.scalar(select(Grant).where(Grant.id == grant.id).with_for_update(of=Grant)
+                               .execution_options(populate_existing=True))
+    if locked is None:
+        raise NotFound("授权记录不存在")
+    return locked
+
+
+def suspend_grant(*, grant: Grant, reason: str, actor: User) -> Grant:
+    """暂停: an active grant stops at once until resumed (audited, pushed to HIS). Raises ValidationFailed,
+    InvalidTransition."""
+    reason = _clean_reason(reason, label="暂停原因")
+    grant = _lock_grant(grant)
+    if grant.status != GrantStatus.ACTIVE:
+        raise InvalidTransition("只有生效中的授权可以暂停", grant_id=grant.id)
+    before = {"status": str(grant.status)}
+    grant.status = GrantStatus.SUSPENDED
+    grant.revoked_at = utcnow()
+    grant.revoked_by_id = getattr(actor, "id", None)
+    grant.revoked_reason = reason
+    audit.record(actor, "privilege.grant_suspended", grant, before=before,
+                 after={"status": str(grant.status), "reason": reason})
+    push_grant_change(grant=grant, reason=reason)
+    notify.notify(user_ids=[grant.user_id], title=f"您的医疗权限“{grant.item.name}”已暂停", body=reason,
+                  link="/privileges/grants", kind="result")
+    db.session.flush()
+    return grant
+
+
+def resume_grant(*, grant: Grant, reason: str, actor: User, on: date | None = None) -> Grant:
+    """恢复: a suspended grant still inside its validity becomes active again (audited, pushed to HIS).
+    Raises ValidationFailed, InvalidTransition."""
+    reason = _clean_reason(reason, label="恢复原因")
+    grant = _lock_grant(grant)
+    on = on or today()
+    if grant.status != GrantStatus.SUSPENDED:
+        raise InvalidTransition("只有已暂停的授权可以恢复", grant_id=grant.id)
+    if grant.valid_until is not None and grant.valid_until < on:
+        raise InvalidTransition(f"该授权已于 {grant.valid_until} 到期，不能恢复，请重新申请授权", grant_id=grant.id)
+    before = {"status": str(grant.status), "reason": grant.revoked_reason}
+    grant.status = GrantStatus.ACTIVE
+    grant.revoked_at = None
+    grant.revoked_by_id = None
+    grant.revoked_reason = None
+    audit.record(actor, "privilege.grant_resumed", grant, before=before,
+                 after={"status": str(grant.status), "reason": reason})
+    push_grant_change(grant=grant, reason=reason)
+    notify.notify(user_ids=[grant.user_id], title=f"您的医疗权限“{grant.item.name}”已恢复", body=reason,
+                  link="/privileges/grants", kind="result")
+    db.session.flush()
+    return grant
+
+
+def revoke_grant(*, grant: Grant, reason: str, actor: User | str | None) -> Grant:
+    """停止: an active or suspended grant ends for good (audited, pushed to HIS). Raises ValidationFailed,
+    InvalidTransition."""
+    reason = _clean_reason(reason, label="停止原因")
+    grant = _lock_grant(grant)
+    if grant.status not in (GrantStatus.ACTIVE, GrantStatus.SUSPENDED):
+        raise InvalidTransition("只有生效中或已暂停的授权可以停止", grant_id=grant.id)
+    before = {"status": str(grant.status)}
+    grant.status = GrantStatus.REVOKED
+    grant.revoked_at = utcnow()
+    grant.revoked_by_id = getattr(actor, "id", None)
+    grant.revoked_reason = reason
+    audit.record(actor, "privilege.grant_revoked", grant, before=before,
+                 after={"status": str(grant.status), "reason": reason})
+    push_grant_change(grant=grant, reason=reason)
+    notify.notify(user_ids=[grant.user_id], title=f"您的医疗权限“{grant.item.name}”已停止", body=reason,
+                  link="/privileges/grants", kind="result")
+    db.session.flush()
+    return grant
+
+
+def manage_grants_query(*, viewer: User, filters: GrantFilter | None = None, on: date | None = None) -> Select:
+    """Grants for the management page: the viewer's privileges.view scope narrowed to privileges.manage."""
+    stmt = grants_query(viewer=viewer, filters=filters, on=on)
+    return data_scope(viewer, "privileges.manage").filter(stmt, user_col=Grant.user_id, dept_col=User.dept_id)
+
+
+def grant_history(grant: Grant) -> list[Any]:
+    """Audit rows of one grant, oldest first (shown on the management page)."""
+    from app.audit.models import AuditLog
+
+    return list(db.session.scalars(select(AuditLog).where(AuditLog.entity_type == Grant.__tablename__,
+                                                          AuditLog.entity_id == str(grant.id))
+                                   .order_by(AuditLog.id)))
+
+
+# ---------------------------------------------------------------- 紧急授权
+
+
+def _shanghai_date(ts: datetime) -> date:
+    return ts.astimezone(SHANGHAI).date()
+
+
+def emergency_max_hours() -> int:
+    try:
+        from flask import current_app, has_app_context
+
+        if has_app_context():
+            return int(current_app.config.get("PRIVILEGE_EMERGENCY_MAX_HOURS") or EMERGENCY_MAX_HOURS)
+    except (TypeError, ValueError):
+        pass
+    return EMERGENCY_MAX_HOURS
+
+
+def _holder_errors(holder: User | None, field: str) -> dict[str, str]:
+    if holder is None:
+        return {field: "医师不存在"}
+    if holder.departed_at is not None or not holder.is_active:
+        return {field: "离职或已停用人员不能授予医疗权限"}
+    if not holder.staff_no:
+        return {field: "该人员没有工号，HIS 无法识别，请先在用户管理中补充工号"}
+    return {}
+
+
+def find_staff(staff_no_or_username: str) -> User | None:
+    key = (staff_no_or_username or "").strip()
+    if not key:
+        return None
+    return db.session.scalar(select(User).where(or_(User.staff_no == key, User.username == key)))
+
+
+def find_item(code: str) -> PrivilegeItem | None:
+    key = (code or "").strip()
+    if not key:
+        return None
+    return db.session.scalar(select(PrivilegeItem).where(or_(PrivilegeItem.code == key,
+                                                             PrivilegeItem.procedure_code == key))
+                             .order_by((PrivilegeItem.code == key).desc(), PrivilegeItem.id).limit(1))
+
+
+def create_emergency_grant(*, holder: User | None, item: PrivilegeItem | None, hours: Any, reason: str,
+                           actor: User, patient_ref: str | None = None, now: datetime | None = None) -> Any:
+    """紧急授权: a grant of `item` effective at once for at most PRIVILEGE_EMERGENCY_MAX_HOURS hours, pushed to HIS,
+    with the retrospective review flow `privilege_emergency_review` started for 医务处 (audited).
+    Raises ValidationFailed with per-field messages."""
+    from app.privileges.models import EmergencyGrant
+
+    max_hours = emergency_max_hours()
+    errors: dict[str, str] = dict(_holder_errors(holder, "staff_no"))
+    if item is None:
+        errors["item_code"] = "授权项目不存在"
+    elif not item.is_active or not item.category.is_active:
+        errors["item_code"] = "该授权项目已停用"
+    try:
+        n_hours = int(str(hours).strip())
+    except (TypeError, ValueError):
+        n_hours = 0
+        errors["hours"] = "请填写授权时长（小时，整数）"
+    else:
+        if not 1 <= n_hours <= max_hours:
+            errors["hours"] = f"紧急授权时长为 1–{max_hours} 小时"
+    text = (reason or "").strip()
+    if not text:
+        errors["reason"] = "请填写紧急授权理由"
+    elif len(text) > REASON_MAX:
+        errors["reason"] = f"理由不能超过 {REASON_MAX} 字"
+    patient_ref = (patient_ref or "").strip() or None
+    if patient_ref and len(patient_ref) > 64:
+        errors["patient_ref"] = "患者编号不超过 64 个字符"
+    now = now or utcnow()
+    on = _shanghai_date(now)
+    if not errors and holder is not None and item is not None:
+        current = list(db.session.scalars(select(Grant).where(
+            Grant.user_id == holder.id, Grant.item_id == item.id,
+            Grant.status.in_([GrantStatus.ACTIVE.value, GrantStatus.SUSPENDED.value]))))
+        for g in current:
+            if g.status == GrantStatus.SUSPENDED:
+                errors["item_code"] = "该医师此项授权已被暂停，不能以紧急授权绕过暂停"
+            elif g.valid_from <= on and (g.valid_until is None or on <= g.valid_until):
+                emergency = db.session.scalar(select(EmergencyGrant).where(EmergencyGrant.grant_id == g.id))
+                if emergency is None:
+                    errors["item_code"] = f"该医师已持有此项授权（有效期至 {g.valid_until or '长期'}），无需紧急授权"
+                elif emergency.expires_at > now:
+                    errors["item_code"] = f"该医师此项紧急授权仍有效（至 {emergency.expires_at.astimezone(SHANGHAI):%Y-%m-%d %H:%M}）"
+    if errors:
+        raise ValidationFailed(errors)
+    assert holder is not None and item is not None
+    expires_at = now + timedelta(hours=n_hours)
+    grant = Grant(user_id=holder.id, item_id=item.id, status=GrantStatus.ACTIVE, valid_from=on,
+                  valid_until=_shanghai_date(expires_at), granted_by_id=actor.id, granted_at=now)
+    grant.item = item
+    grant.user = holder
+    db.session.add(grant)
+    db.session.flush()
+    emergency = EmergencyGrant(grant_id=grant.id, starts_at=now, expires_at=expires_at, hours=n_hours, reason=text,
+                               patient_ref=patient_ref, granted_by_id=actor.id)
+    emergency.grant = grant
+    db.session.add(emergency)
+    db.session.flush()
+    audit.record(actor, "privilege.grant_created", grant,
+                 after={"user_id": grant.user_id, "item": item.code, "valid_from": grant.valid_from,
+                        "valid_until": grant.valid_until, "emergency": emergency.number})
+    audit.record(actor, "privilege.emergency_granted", emergency,
+                 after={"grant_id": grant.id, "hours": n_hours, "expires_at": expires_at, "reason": text,
+                        "patient_ref": patient_ref})
+    push_grant_change(grant=grant, reason=f"紧急授权：{text}")
+    from app.workflow import services as wf
+
+    instance = wf.start(key=EMERGENCY_PROCESS_KEY, business_key=emergency.number,
+                        title=f"紧急授权事后审核：{holder.name} · {item.name}"[:200], actor=actor,
+                        dept_id=holder.dept_id, campus_id=holder.campus_id,
+                        data={"emergency_id": emergency.id, "emergency_no": emergency.number,
+                              "holder_name": holder.name, "item_name": item.name, "hours": n_hours})
+    emergency.review_instance_id = instance.id
+    local_end = expires_at.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
+    notify.notify(user_ids=[holder.id], title=f"您已获得紧急授权：{item.name}",
+                  body=f"有效至 {local_end}（{n_hours} 小时）。理由：{text}", link="/privileges/grants", kind="result")
+    db.session.flush()
+    return emergency
+
+
+def emergency_query(*, viewer: User, review_status: str | None = None, q: str | None = None) -> Select:
+    """Emergency grants in the viewer's privileges.manage scope, newest first."""
+    from app.privileges.models import EmergencyGrant
+
+    stmt = (select(EmergencyGrant).join(Grant, EmergencyGrant.grant_id == Grant.id)
+            .join(User, Grant.user_id == User.id).join(PrivilegeItem, Grant.item_id == PrivilegeItem.id)
+            .order_by(EmergencyGrant.id.desc()))
+    stmt = data_scope(viewer, "privileges.manage").filter(stmt, user_col=Grant.user_id, dept_col=User.dept_id)
+    if review_status:
+        stmt = stmt.where(EmergencyGrant.review_status == review_status)
+    if q:
+        like = f"%{q.strip()}%"
+        stmt = stmt.where(or_(User.name.ilike(like), User.staff_no.ilike(like), PrivilegeItem.name.ilike(like),
+                              PrivilegeItem.code.ilike(like)))
+    return stmt
+
+
+def expire_emergency_grants(*, now: datetime | None = None, actor: User | str | None = "medloop-scheduler") -> int:
+    """End emergency grants whose hours are up (audited, pushed to HIS). Returns how many changed."""
+    from app.privileges.models import EmergencyGrant
+
+    now = now or utcnow()
+    rows = list(db.session.scalars(
+        select(Grant).join(EmergencyGrant, EmergencyGrant.grant_id == Grant.id)
+        .where(Grant.status == GrantStatus.ACTIVE.value, EmergencyGrant.expires_at <= now)
+        .with_for_update(of=Grant, skip_locked=True)))
+    for grant in rows:
+        grant.status = GrantStatus.EXPIRED
+        grant.revoked_at = now
+        grant.revoked_reason = "紧急授权时限届满"
+        audit.record(actor, "privilege.emergency_expired", grant, after={"reason": grant.revoked_reason})
+        push_grant_change(grant=grant, reason=grant.revoked_reason)
+    db.session.flush()
+    return len(rows)
+
+
+def finalize_emergency_review(*, instance: Any, data: dict[str, Any], actor: User | None) -> Any:
+    """End hook of `privilege_emergency_review`: "approve" keeps the grant until it runs out, "reject" stops it at
+    once. Audited; idempotent (a reviewed emergency grant is left alone)."""
+    from app.privileges.models import EmergencyGrant, EmergencyReviewStatus
+
+    emergency_id = data.get("emergency_id")
+    emergency = None
+    if emergency_id is not None:
+        emergency = db.session.scalar(select(EmergencyGrant).where(EmergencyGrant.id == int(emergency_id))
+                                      .with_for_update(of=EmergencyGrant))
+    if emergency is None:
+        key = str(getattr(instance, "business_key", "") or "")
+        if key.startswith("JJ") and key[2:].isdigit():
+            emergency = db.session.get(EmergencyGrant, int(key[2:]))
+    if emergency is None or emergency.review_status != EmergencyReviewStatus.PENDING:
+        return emergency
+    decision = data.get("decision")
+    if decision not in ("approve", "reject"):
+        return emergency  # withdrawn or terminated: still awaiting review
+    comment = (data.get("comment") or "").strip() or None
+    emergency.reviewed_at = utcnow()
+    emergency.reviewed_by_id = getattr(actor, "id", None)
+    emergency.review_comment = comment
+    grant = emergency.grant
+    if decision == "reject":
+        emergency.review_status = EmergencyReviewStatus.REVOKED
+        if grant.status in (GrantStatus.ACTIVE, GrantStatus.SUSPENDED):
+            revoke_grant(grant=grant, reason=f"紧急授权事后审核未通过：{comment or '无意见'}"[:MANAGE_REASON_MAX],
+                         actor=actor)
+    else:
+        emergency.review_status = EmergencyReviewStatus.KEPT
+    audit.record(actor, "privilege.emergency_reviewed", emergency,
+                 after={"review_status": str(emergency.review_status), "comment": comment,
+                        "grant_status": str(grant.status)})
+    db.session.flush()
+    return emergency
+
+
+# ---------------------------------------------------------------- 批量授权
+
+
+@dataclass
+class BatchRow:
+    user: User | None
+    item: PrivilegeItem | None
+    label_user: str
+    label_item: str
+    status: str  # grant / renew / skip / error
+    message: str
+    grant: Grant | None = None
+
+
+@dataclass
+class BatchPlan:
+    rows: list[BatchRow]
+    errors: dict[str, str]  # field path -> message (form-level problems)
+    valid_from: date | None = None
+    reason: str = ""
+
+    @property
+    def has_errors(self) -> bool:
+        return bool(self.errors) or any(r.status == "error" for r in self.rows)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out = {"grant": 0, "renew": 0, "skip": 0, "error": 0}
+        for r in self.rows:
+            out[r.status] += 1
+        return out
+
+
+BATCH_ROW_LABELS = {"grant": "授予", "renew": "再授权（替代即将到期的授权）", "skip": "跳过", "error": "错误"}
+
+
+class BatchRejected(ValidationFailed):
+    """The batch has errors: nothing was granted; `plan` holds the per-row report."""
+
+    def __init__(self, plan: BatchPlan) -> None:
+        errors = dict(plan.errors)
+        for idx, row in enumerate(plan.rows):
+            if row.status == "error":
+                errors[f"rows/{idx}"] = f"{row.label_user} · {row.label_item}：{row.message}"
+        super().__init__(errors, message="批量授权有错误，未授予任何权限")
+        self.plan = plan
+
+
+def split_codes(text: str) -> list[str]:
+    codes: list[str] = []
+    for raw in (text or "").replace("，", ",").replace("、", ",").replace("\n", ",").split(","):
+        code = raw.strip()
+        if code and code not in codes:
+            codes.append(code)
+    return codes
+
+
+def plan_batch_grant(*, viewer: User, dept_id: int | None, user_ids: Sequence[int | str], item_codes: Sequence[str],
+                     reason: str, valid_from: date | str | None = None) -> BatchPlan:
+    """Validate a batch grant row by row (physician × item) without writing anything."""
+    errors: dict[str, str] = {}
+    scope = data_scope(viewer, "privileges.manage")
+    dept = db.session.get(Department, dept_id) if dept_id else None
+    if dept is None:
+        errors["dept_id"] = "请选择科室"
+    elif not scope.allows(dept_id=dept.id, campus_id=dept.campus_id):
+        errors["dept_id"] = "该科室不在您的管理范围内"
+    ids: list[int] = []
+    for idx, raw in enumerate(user_ids or []):
+        try:
+            ids.append(int(raw))
+        except (TypeError, ValueError):
+            errors[f"user_ids/{idx}"] = "医师编号无效"
+    ids = list(dict.fromkeys(ids))
+    if not ids:
+        errors["user_ids"] = "请至少选择一名医师"
+    elif len(ids) > BATCH_MAX_USERS:
+        errors["user_ids"] = f"一次最多 {BATCH_MAX_USERS} 名医师"
+    codes = [c.strip() for c in item_codes if c and c.strip()]
+    codes = list(dict.fromkeys(codes))
+    if not codes:
+        errors["item_codes"] = "请填写至少一个授权项目编码"
+    elif len(codes) > BATCH_MAX_ITEMS:
+        errors["item_codes"] = f"一次最多 {BATCH_MAX_ITEMS} 个项目"
+    text = (reason or "").strip()
+    if not text:
+        errors["reason"] = "请填写授权依据（如 考核结果、会议纪要编号）"
+    elif len(text) > MANAGE_REASON_MAX:
+        errors["reason"] = f"授权依据不能超过 {MANAGE_REASON_MAX} 字"
+    start: date | None
+    if valid_from in (None, ""):
+        start = today()
+    elif isinstance(valid_from, date):
+        start = valid_from
+    else:
+        try:
+            start = date.fromisoformat(str(valid_from))
+        except ValueError:
+            start = None
+            errors["valid_from"] = "生效日期格式应为 YYYY-MM-DD"
+    if start is not None and start < today():
+        errors["valid_from"] = "生效日期不能早于今天"
+    plan = BatchPlan(rows=[], errors=errors, valid_from=start, reason=text)
+    if "user_ids" in errors or "item_codes" in errors or dept is None:
+        return plan
+    users = {u.id: u for u in db.session.scalars(select(User).where(User.id.in_(ids)))}
+    items: dict[str, PrivilegeItem | None] = {code: find_item(code) for code in codes}
+    found = [i for i in items.values() if i is not None]
+    on = start or today()
+    held: dict[tuple[int, int], Grant] = {}
+    suspended: set[tuple[int, int]] = set()
+    if found:
+        for g in db.session.scalars(select(Grant).where(
+                Grant.user_id.in_(ids), Grant.item_id.in_([i.id for i in found]),
+                Grant.status.in_([GrantStatus.ACTIVE.value, GrantStatus.SUSPENDED.value]))):
+            if g.status == GrantStatus.SUSPENDED:
+                suspended.add((g.user_id, g.item_id))
+            elif g.valid_until is None or g.valid_until >= on:
+                held[(g.user_id, g.item_id)] = g
+    for uid in ids:
+        user = users.get(uid)
+        label_user = f"{user.name}（{user.staff_no or '无工号'}）" if user else f"编号 {uid}"
+        for code in codes:
+            item = items[code]
+            label_item = f"{item.name}（{item.code}）" if item else code
+            row = BatchRow(user, item, label_user, label_item, "grant", "")
+            problem = _holder_errors(user, "u").get("u")
+            if user is not None and problem is None and user.dept_id != dept.id:
+                problem = f"不属于{dept.name}"
+            if problem:
+                row.status, row.message = "error", problem
+            elif item is None:
+                row.status, row.message = "error", "授权项目不存在"
+            elif not item.is_active or not item.category.is_active:
+                row.status, row.message = "error", "授权项目已停用"
+            elif item.category.code == "emergency":
+                row.status, row.message = "error", "紧急授权请在“紧急授权”页办理"
+            elif (uid, item.id) in suspended:
+                row.status, row.message = "error", "该项授权已被暂停，请先恢复或停止后再授予"
+            elif (uid, item.id) in held:
+                g = held[(uid, item.id)]
+                if _in_renewal_window(g, on):
+                    row.status, row.message = "renew", f"替代现有授权（有效期至 {g.valid_until}）"
+                    row.grant = g
+                else:
+                    row.status = "skip"
+                    row.message = f"已持有有效授权（有效期至 {g.valid_until or '长期'}），无需重复授予"
+            else:
+                row.message = f"{on} 起生效，有效期至 {validity_until(item.category, on) or '长期'}"
+            plan.rows.append(row)
+    return plan
+
+
+def batch_grant(*, viewer: User, dept_id: int | None, user_ids: Sequence[int | str], item_codes: Sequence[str],
+                reason: str, valid_from: date | str | None = None) -> BatchPlan:
+    """Grant items to several physicians of a department at once (audited, pushed to HIS, physicians notified).
+    All or nothing: any row error raises BatchRejected (a ValidationFailed) with the report; skipped rows (already
+    held) are reported, not errors. Returns the plan with the created grants on its rows."""
+    plan = plan_batch_grant(viewer=viewer, dept_id=dept_id, user_ids=user_ids, item_codes=item_codes, reason=reason,
+                            valid_from=valid_from)
+    if plan.has_errors:
+        raise BatchRejected(plan)
+    start = plan.valid_from or today()
+    granted: dict[int, list[str]] = {}
+    for row in plan.rows:
+        if row.status not in ("grant", "renew"):
+            continue
+        assert row.user is not None and row.item is not None
+        old = row.grant
+        if old is not None:
+            old.status = GrantStatus.EXPIRED
+            old.revoked_at = utcnow()
+            old.revoked_reason = "由批量授权的再授权替代"
+            audit.record(viewer, "privilege.grant_expired", old, after={"reason": old.revoked_reason})
+            push_grant_change(grant=old, reason=old.revoked_reason)
+        grant = Grant(user_id=row.user.id, item_id=row.item.id, status=GrantStatus.ACTIVE, valid_from=start,
+                      valid_until=validity_until(row.item.category, start), granted_by_id=viewer.id,
+                      granted_at=utcnow())
+        grant.item = row.item
+        grant.user = row.user
+        db.session.add(grant)
+        db.session.flush()
+        audit.record(viewer, "privilege.grant_created", grant,
+                     after={"user_id": grant.user_id, "item": row.item.code, "valid_from": grant.valid_from,
+                            "valid_until": grant.valid_until, "batch_reason": plan.reason})
+        push_grant_change(grant=grant, reason=f"批量授权：{plan.reason}")
+        row.grant = grant
+        granted.setdefault(row.user.id, []).append(row.item.name)
+    audit.record(viewer, "privilege.batch_granted", None, entity_type="privilege_grants",
+                 after={"dept_id": dept_id, "reason": plan.reason, "counts": plan.counts,
+                        "grants": [r.grant.id for r in plan.rows if r.status in ("grant", "renew") and r.grant]})
+    for uid, names in granted.items():
+        notify.notify(user_ids=[uid], title="您已获得医疗权限授权", body="授予：" + "、".join(names),
+                      link="/privileges/grants", kind="result")
+    db.session.flush()
+    return plan
+
+
+def department_physicians(*, viewer: User, dept_id: int | None) -> list[User]:
+    """Active, not departed staff of a department who may hold privileges (a role with privileges.apply), inside
+    the viewer's privileges.manage scope."""
+    from app.auth.models import RolePermission, UserRole
+
+    if not dept_id:
+        return []
+    dept = db.session.get(Department, dept_id)
+    scope = data_scope(viewer, "privileges.manage")
+    if dept is None or not scope.allows(dept_id=dept.id, campus_id=dept.campus_id):
+        return []
+    holders = (select(UserRole.user_id).join(RolePermission, RolePermission.role_id == UserRole.role_id)
+               .where(RolePermission.permission == "privileges.apply"))
+    return list(db.session.scalars(select(User).where(User.dept_id == dept.id, User.is_active.is_(True),
+                                                      User.departed_at.is_(None), User.id.in_(holders))
+                                   .order_by(User.staff_no, User.name)))
+
+
+def manageable_departments(viewer: User) -> list[Department]:
+    scope = data_scope(viewer, "privileges.manage")
+    stmt = select(Department).where(Department.is_active.is_(True)).order_by(Department.code)
+    if scope.level.value == "group":
+        return list(db.session.scalars(stmt))
+    if scope.level.value == "campus":
+        return list(db.session.scalars(stmt.where(Department.campus_id == scope.campus_id)))
+    return list(db.session.scalars(stmt.where(Department.id == scope.dept_id))) if scope.dept_id else []
+
+
+# ---------------------------------------------------------------- 到期与再授权提醒
+
+
+def _mao_user_ids() -> list[int]:
+    from app.auth.models import Role, UserRole
+
+    return list(db.session.scalars(
+        select(User.id).join(UserRole, UserRole.user_id == User.id).join(Role, UserRole.role_id == Role.id)
+        .where(Role.code == "mao", User.is_active.is_(True), User.departed_at.is_(None)).distinct()))
+
+
+def remind_expiring(*, on: date | None = None) -> dict[str, int]:
+    """Remind holders (and 医务处, one digest) of grants ending within 60 and within 30 days. Idempotent: each
+    grant gets each threshold's reminder at most once (a unique row per grant and threshold); a grant first seen
+    inside 30 days gets only the 30-day one. Emergency grants are not reminded. Returns counts per threshold."""
+    from app.privileges.models import EmergencyGrant, GrantReminder
+
+    on = on or today()
+    horizon = on + timedelta(days=max(REMINDER_THRESHOLDS))
+    rows = list(db.session.scalars(
+        select(Grant).outerjoin(EmergencyGrant, EmergencyGrant.grant_id == Grant.id)
+        .where(Grant.status == GrantStatus.ACTIVE.value, Grant.valid_until.is_not(None), Grant.valid_until >= on,
+               Grant.valid_until <= horizon, EmergencyGrant.id.is_(None))
+        .order_by(Grant.valid_until, Grant.id)))
+    if not rows:
+        return {str(t): 0 for t in REMINDER_THRESHOLDS}
+    done = {(int(r[0]), int(r[1])) for r in db.session.execute(
+        select(GrantReminder.grant_id, GrantReminder.days_before)
+        .where(GrantReminder.grant_id.in_([g.id for g in rows])))}
+    counts = {t: 0 for t in REMINDER_THRESHOLDS}
+    digest: list[str] = []
+    for grant in rows:
+        assert grant.valid_until is not None
+        days_left = (grant.valid_until - on).days
+        threshold = min(t for t in REMINDER_THRESHOLDS if days_left <= t)
+        if any((grant.id, t) in done for t in REMINDER_THRESHOLDS if t <= threshold):
+            continue
+        db.session.add(GrantReminder(grant_id=grant.id, days_before=threshold, valid_until=grant.valid_until,
+                                     sent_at=utcnow()))
+        counts[threshold] += 1
+        notify.notify(user_ids=[grant.user_id], title=f"医疗权限“{grant.item.name}”将于 {grant.valid_until} 到期",
+                      body=f"距到期还有 {days_left} 天，如需继续开展请及时申请再授权（到期前 {RENEWAL_WINDOW_DAYS} 天内可申请）。",
+                      link="/privileges/apply", kind="reminder")
+        digest.append(f"{grant.user.name} · {grant.item.name}（{grant.valid_until}）")
+    db.session.flush()
+    if digest:
+        body = "；".join(digest[:20]) + (f" 等 {len(digest)} 项" if len(digest) > 20 else "")
+        notify.notify(user_ids=_mao_user_ids(), title=f"{len(digest)} 项医疗权限将在 {max(REMINDER_THRESHOLDS)} 天内到期",
+                      body=body, link="/privileges/grants?validity=expiring", kind="reminder")
+    return {str(t): n for t, n in counts.items()}
+
+
+def expire_and_remind(*, on: date | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """The daily job: expire lapsed grants and emergency grants (pushed to HIS), then send expiry reminders."""
+    expired = expire_grants(on=on)
+    emergency = expire_emergency_grants(now=now)
+    reminded = remind_expiring(on=on)
+    return {"expired": expired, "emergency_expired": emergency, "reminded": reminded}
+
+
+# ---------------------------------------------------------------- 统计分析 (seed 000 §三.8)
+
+
+STAT_DIMENSIONS = (("category", "授权类别"), ("dept", "科室"), ("title", "职称"), ("surgery_grade", "手术级别"))
+
+
+@dataclass
+class StatRow:
+    label: str
+    grants: tuple[int, int, int]  # this month, previous month, same month last year
+    applications: tuple[int, int, int]
+
+    @staticmethod
+    def _rate(cur: int, base: int) -> float | None:
+        return None if base == 0 else round((cur - base) * 100.0 / base, 1)
+
+    @property
+    def grants_mom(self) -> float | None:
+        return self._rate(self.grants[0], self.grants[1])
+
+    @property
+    def grants_yoy(self) -> float | None:
+        return self._rate(self.grants[0], self.grants[2])
+
+    @property
+    def applications_mom(self) -> float | None:
+        return self._rate(self.applications[0], self.applications[1])
+
+    @property
+    def applications_yoy(self) -> float | None:
+        return self._rate(self.applications[0], self.applications[2])
+
+
+@dataclass
+class PrivilegeStatistics:
+    year: int
+    month: int
+    months: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    tables: dict[str, list[StatRow]]
+    totals: StatRow
+
+    @property
+    def label(self) -> str:
+        return f"{self.year} 年 {self.month} 月"
+
+
+def _month_bounds(year: int, month: int) -> tuple[datetime, datetime]:
+    start = datetime(year, month, 1, tzinfo=SHANGHAI)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=SHANGHAI)
+    return start, end
+
+
+def _shift_month(year: int, month: int, delta: int) -> tuple[int, int]:
+    idx = year * 12 + (month - 1) + delta
+    return idx // 12, idx % 12 + 1
+
+
+def privilege_statistics(*, viewer: User, year: int, month: int) -> PrivilegeStatistics:
+    """Grants made and applications submitted in a month (Asia/Shanghai), by category, department, title and surgery
+    grade, with the previous month (环比) and the same month a year earlier (同比); within the viewer's
+    privileges.view scope. Emergency grants count under 紧急授权 whatever their item. Raises ValidationFailed."""
+    from app.privileges.models import EmergencyGrant
+
+    if not (2000 <= year <= 2100 and 1 <= month <= 12):
+        raise ValidationFailed({"month": "统计月份无效"})
+    scope = data_scope(viewer, "privileges.view")
+    months = ((year, month), _shift_month(year, month, -1), (year - 1, month))
+    emergency_name = db.session.scalar(select(PrivilegeCategory.name).where(PrivilegeCategory.code == "emergency")) \
+        or "紧急授权"
+    grade_names = {1: "一级手术", 2: "二级手术", 3: "三级手术", 4: "四级手术"}
+    counters: dict[str, dict[str, list[list[int]]]] = {d: {} for d, _ in STAT_DIMENSIONS}
+    totals = [[0, 0, 0], [0, 0, 0]]
+    order: dict[str, dict[str, tuple[Any, ...]]] = {d: {} for d, _ in STAT_DIMENSIONS}
+
+    def bump(dim: str, label: str, sort: tuple[Any, ...], kind: int, slot: int) -> None:
+        counters[dim].setdefault(label, [[0, 0, 0], [0, 0, 0]])[kind][slot] += 1
+        order[dim].setdefault(label, sort)
+
+    for slot, (y, m) in enumerate(months):
+        start, end = _month_bounds(y, m)
+        grant_stmt = (select(PrivilegeCategory.name, PrivilegeCategory.sort_order, PrivilegeCategory.code,
+                             PrivilegeItem.grade_level, Department.name, Department.code, User.title,
+                             EmergencyGrant.id)
+                      .select_from(Grant).join(User, Grant.user_id == User.id)
+                      .join(PrivilegeItem, Grant.item_id == PrivilegeItem.id)
+                      .join(PrivilegeCategory, PrivilegeItem.category_id == PrivilegeCategory.id)
+                      .outerjoin(Department, User.dept_id == Department.id)
+                      .outerjoin(EmergencyGrant, EmergencyGrant.grant_id == Grant.id)
+                      .where(Grant.granted_at >= start, Grant.granted_at < end))
+        grant_stmt = scope.filter(grant_stmt, user_col=Grant.user_id, dept_col=User.dept_id)
+        for grant_row in db.session.execute(grant_stmt):
+            cat_name, cat_sort, cat_code, grade, dept_name, dept_code, title, emergency_id = cast(Any, grant_row)
+            totals[0][slot] += 1
+            if emergency_id is not None:
+                bump("category", emergency_name, (999, ""), 0, slot)
+            else:
+                bump("category", cat_name, (cat_sort, ""), 0, slot)
+            bump("dept", dept_name or "（无科室）", (dept_code or "~",), 0, slot)
+            bump("title", title or "（未填职称）", (title is None, title or ""), 0, slot)
+            if cat_code == "surgery" and grade:
+                bump("surgery_grade", grade_names.get(int(grade), f"{grade}级手术"), (int(grade),), 0, slot)
+        # an application counts once per dimension value it touches (an application of 3 surgery items of two
+        # grades counts once under 手术 and once under each grade)
+        app_stmt = (select(PrivilegeApplication.id, PrivilegeCategory.name, PrivilegeCategory.sort_order,
+                           PrivilegeCategory.code, PrivilegeItem.grade_level, Department.name, Department.code,
+                           User.title)
+                    .select_from(PrivilegeApplication)
+                    .join(User, PrivilegeApplication.applicant_id == User.id)
+                    .join(PrivilegeApplicationItem, PrivilegeApplicationItem.application_id == PrivilegeApplication.id)
+                    .join(PrivilegeItem, PrivilegeApplicationItem.item_id == PrivilegeItem.id)
+                    .join(PrivilegeCategory, PrivilegeItem.category_id == PrivilegeCategory.id)
+                    .outerjoin(Department, PrivilegeApplication.dept_id == Department.id)
+                    .where(PrivilegeApplication.submitted_at >= start, PrivilegeApplication.submitted_at < end))
+        app_stmt = scope.filter(app_stmt, user_col=PrivilegeApplication.applicant_id,
+                                dept_col=PrivilegeApplication.dept_id)
+        seen: dict[str, set[tuple[int, str]]] = {d: set() for d, _ in STAT_DIMENSIONS}
+        apps: set[int] = set()
+        for app_row in db.session.execute(app_stmt):
+            app_id, cat_name, cat_sort, cat_code, grade, dept_name, dept_code, title = cast(Any, app_row)
+            apps.add(app_id)
+            values: list[tuple[str, str, tuple[Any, ...]]] = [("category", cat_name, (cat_sort, "")), ("dept", dept_name or "（无科室）", (dept_code or "~",)),
+                      ("title", title or "（未填职称）", (title is None, title or ""))]
+            if cat_code == "surgery" and grade:
+                values.append(("surgery_grade", grade_names.get(int(grade), f"{grade}级手术"), (int(grade),)))
+            for dim, label, sort in values:
+                if (app_id, label) not in seen[dim]:
+                    seen[dim].add((app_id, label))
+                    bump(dim, label, sort, 1, slot)
+        totals[1][slot] += len(apps)
+    tables: dict[str, list[StatRow]] = {}
+    def trio(values: list[int]) -> tuple[int, int, int]:
+        return values[0], values[1], values[2]
+
+    for dim, _ in STAT_DIMENSIONS:
+        dim_order = order[dim]
+        labels = sorted(counters[dim], key=dim_order.__getitem__)
+        tables[dim] = [StatRow(label, trio(counters[dim][label][0]), trio(counters[dim][label][1]))
+                       for label in labels]
+    total = StatRow("合计", trio(totals[0]), trio(totals[1]))
+    return PrivilegeStatistics(year=year, month=month, months=months, tables=tables, totals=total)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.1f}%"
+
+
+def statistics_workbook(stats: PrivilegeStatistics) -> bytes:
+    """The statistics as .xlsx: one sheet per dimension, with 环比 and 同比."""
+    from openpyxl import Workbook
+    from openpyxl.utils import get_column_letter
+
+    wb = Workbook()
+    first = True
+    (y0, m0), (y1, m1), (y2, m2) = stats.months
+    header = ["项目", f"授权数 {y0}-{m0:02d}", f"上月 {y1}-{m1:02d}", "环比", f"去年同月 {y2}-{m2:02d}", "同比",
+              f"申请数 {y0}-{m0:02d}", f"上月 {y1}-{m1:02d}", "环比", f"去年同月 {y2}-{m2:02d}", "同比"]
+    for dim, title in STAT_DIMENSIONS:
+        ws = wb.active if first else wb.create_sheet()
+        first = False
+        ws.title = f"按{title}"
+        ws.append([f"医疗权限授权统计（{stats.label}，按{title}）"])
+        ws.append(header)
+        for row in [*stats.tables[dim], stats.totals]:
+            ws.append([row.label, row.grants[0], row.grants[1], _pct(row.grants_mom), row.grants[2],
+                       _pct(row.grants_yoy), row.applications[0], row.applications[1], _pct(row.applications_mom),
+                       row.applications[2], _pct(row.applications_yoy)])
+        for idx, width in enumerate([30, 14, 14, 10, 16, 10, 14, 14, 10, 16, 10], start=1):
+            ws.column_dimensions[get_column_letter(idx)].width = width
+        ws.freeze_panes = "B3"
+    buf = BytesIO()
+    wb.save(buf)
+    return buf.getvalue()

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 03:50:23.387752
+Create Date: 2026-11-23 04:04:01.619567
 
 """
 from alembic import op
@@ -245,6 +245,17 @@ def upgrade():
     sa.UniqueConstraint('code', name=op.f('uq_privilege_categories_code')),
     comment='医疗权限授权类别（九大类）'
     )
+    op.create_table('privilege_index_changes',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('version', sa.BigInteger(), nullable=False, comment='本次变更后的版本号'),
+    sa.Column('user_id', sa.Integer(), nullable=True, comment='受影响的人员（为空表示目录等全局变更，须全部重载）'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='记录时间'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_index_changes')),
+    comment='授权校验缓存变更日志（各进程据此只重载受影响医师的授权；技术数据，定期清理）'
+    )
+    with op.batch_alter_table('privilege_index_changes', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_privilege_index_changes_version'), ['version'], unique=False)
+
     op.create_table('privilege_index_versions',
     sa.Column('id', sa.Integer(), autoincrement=False, nullable=False, comment='主键（固定为 1）'),
     sa.Column('version', sa.BigInteger(), nullable=False, comment='版本号：授权、人员或目录每变更一次加一'),
@@ -1701,6 +1712,10 @@ def downgrade():
     op.drop_table('restricted_technologies')
     op.drop_table('pull_cursors')
     op.drop_table('privilege_index_versions')
+    with op.batch_alter_table('privilege_index_changes', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_privilege_index_changes_version'))
+
+    op.drop_table('privilege_index_changes')
     op.drop_table('privilege_categories')
     with op.batch_alter_table('outbox_messages', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_messages_status_next_attempt_at')
