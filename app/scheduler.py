@@ -28,14 +28,18 @@ def run_due_work(app: Flask) -> int:
 
 
 def _other_work(app: Flask) -> None:
+    from app.archives.tasks import run_daily
+    from app.jobs import run_jobs
     from app.outbox.tasks import dispatch_batches
     from app.privileges.tasks import periodic
 
-    for work in (periodic, dispatch_batches):  # each commits its own work; one failing must not stop the other
+    # each commits its own work; one failing must not stop the others
+    for work in (periodic, dispatch_batches, run_daily):
         try:
             work()
         except Exception:  # noqa: BLE001
             log.exception("scheduler work %s failed", work.__name__)
+    run_jobs()  # the domains' registered periodic jobs (loop apply sweep, alerts, rollups, pulls)
 
 
 def start_in_process_scheduler(app: Flask, interval: float = 15.0) -> None:

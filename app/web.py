@@ -14,6 +14,17 @@ from app.core.timefmt import local
 NAV: list[tuple[int, str, str, str | None]] = []
 
 
+# menu groups by endpoint prefix; anything else falls under 系统管理
+NAV_GROUPS: list[tuple[str, tuple[str, ...]]] = [
+    ("工作台", ("tasks.", "workflow.mine")),
+    ("医师档案", ("archives.",)),
+    ("医疗权限", ("privileges.", "privilege_admin.")),
+    ("医疗技术", ("technology.",)),
+    ("医疗闭环", ("loop_views.search", "loop_alerts.", "loops_dashboard.", "loops_config.", "loop_views.links")),
+    ("系统管理", ()),
+]
+
+
 def add_nav(endpoint: str, label: str, permission: str | None = None, order: int = 50) -> None:
     if not any(item[1] == endpoint for item in NAV):
         NAV.append((order, endpoint, label, permission))
@@ -38,4 +49,14 @@ def install_template_helpers(app: Flask) -> None:
         def nav_items():
             return [(ep, label, perm) for _o, ep, label, perm in NAV if ep in app.view_functions]
 
-        return {"can": can, "unread_notifications": unread, "nav_items": nav_items}
+        def nav_groups():
+            """The visible menu: [(group label, [(endpoint, label)])], groups in a fixed order."""
+            groups: dict[str, list[tuple[str, str]]] = {name: [] for name, _p in NAV_GROUPS}
+            for _o, ep, label, perm in NAV:
+                if ep not in app.view_functions or (perm and not can(perm)):
+                    continue
+                name = next((g for g, prefixes in NAV_GROUPS if ep.startswith(prefixes)), "系统管理")
+                groups[name].append((ep, label))
+            return [(name, items) for name, items in groups.items() if items]
+
+        return {"can": can, "unread_notifications": unread, "nav_items": nav_items, "nav_groups": nav_groups}

@@ -11,7 +11,7 @@ from flask_login import current_user
 
 from app.auth import services
 from app.auth.permissions import PERMISSIONS
-from app.db import db, utcnow
+from app.db import db
 from app.errors import Forbidden, Unauthorized
 
 
@@ -46,11 +46,10 @@ def api_auth(*permissions: str, allow_token: bool = True) -> Callable:
             if header.startswith("Bearer "):
                 if not allow_token:
                     raise Forbidden("该接口不接受系统令牌")
-                token = services.verify_api_token(header[7:].strip())
-                if token is None:
+                found = services.verify_api_token_cached(header[7:].strip())
+                if found is None:
                     raise Unauthorized("接口令牌无效或已吊销")
-                token.last_used_at = utcnow()
-                g.api_system = token.system
+                g.api_token_id, g.api_system = found
                 return view(*args, **kwargs)
             if not current_user.is_authenticated:
                 raise Unauthorized("请提供接口令牌（Authorization: Bearer …）或先登录")

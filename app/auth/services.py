@@ -216,6 +216,31 @@ def create_api_token(*, system: str) -> str:
     return token
 
 
+# hospital systems call some APIs (the HIS privilege check) for every order: remember verified tokens briefly
+TOKEN_CACHE_SECONDS = 10.0
+_token_cache: dict[str, tuple[float, int, str]] = {}
+
+
+def verify_api_token_cached(token: str) -> tuple[int, str] | None:
+    """(token id, system) of a valid token; positive answers are remembered for TOKEN_CACHE_SECONDS, so a
+    revocation takes effect within that time in every process."""
+    import time
+
+    digest = _token_hash(token)
+    now = time.monotonic()
+    hit = _token_cache.get(digest)
+    if hit is not None and hit[0] > now:
+        return hit[1], hit[2]
+    row = verify_api_token(token)
+    if row is None:
+        _token_cache.pop(digest, None)
+        return None
+    if len(_token_cache) > 10000:
+        _token_cache.clear()
+    _token_cache[digest] = (now + TOKEN_CACHE_SECONDS, row.id, row.system)
+    return row.id, row.system
+
+
 def verify_api_token(token: str) -> ApiToken | None:
     row = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == _token_hash(token)))
     if row is None or row.revoked_at is not None:

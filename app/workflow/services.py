@@ -797,9 +797,8 @@ ACTIVE_TTL_SECONDS = 10.0
 
 
 def _db_key() -> str:
-    bind = db.session.get_bind()
-    engine_ = getattr(bind, "engine", bind)
-    return str(engine_.url)
+    bind: Any = db.session.get_bind()
+    return str(getattr(bind, "engine", bind).url)
 
 
 def _parsed_for_version_id(version_id: int) -> engine.ParsedVersion:

@@ -38,7 +38,8 @@ def test_dashboard_renders_charts_and_drills_down_to_orders(new_page, live_serve
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(base + "/loops/orders")  # the nav has the dashboard
-    page.click("nav.mainnav >> text=闭环看板")
+    page.hover(".navgroup-label:text('医疗闭环')")  # the menu opens on hover
+    page.click(".navgroup-menu a:text('闭环看板')")
     page.wait_for_url("**/loops/dashboard/**")
     page.fill("input[name=date_from]", feed["from"])
     page.fill("input[name=date_to]", feed["to"])
@@ -91,4 +92,4 @@ def test_physician_cannot_open_the_dashboard(new_page, live_server):
     page = new_page("gs_doc")
     resp = page.goto(live_server["url"] + "/loops/dashboard/")
     assert resp is not None and resp.status == 403
-    assert "闭环看板" not in page.inner_text("nav.mainnav")
+    assert page.locator("nav.mainnav a:text('闭环看板')").count() == 0

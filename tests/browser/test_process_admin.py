@@ -14,7 +14,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "workflow" / "fixtures"
 
 def test_bpmn_upload_refuses_broken_file_then_deploys_a_version(new_page, tmp_path, live_server):
     page = new_page("flow")
-    page.click("text=流程管理")
+    page.hover(".navgroup-label:text('系统管理')")  # the menu opens on hover
+    page.click(".navgroup-menu a:text('流程管理')")
     broken = tmp_path / "broken.bpmn"
     broken.write_text((FIXTURES / "review.bpmn").read_text(encoding="utf-8").replace('targetRef="wait_signed"',
                                                                                       'targetRef="ghost"'),
