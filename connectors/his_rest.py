@@ -38,11 +38,16 @@ def body(message: OutboxMessage) -> dict[str, Any]:
 
 def send(message: OutboxMessage) -> None:
     """POST the message to HIS. Raises ChannelNotConfigured without a URL, RuntimeError on any failure."""
-    url = _setting("HIS_PRIVILEGE_URL")
+    post(message, url_setting="HIS_PRIVILEGE_URL", token_setting="HIS_PRIVILEGE_TOKEN", not_configured=NOT_CONFIGURED)
+
+
+def post(message: OutboxMessage, *, url_setting: str, token_setting: str, not_configured: str) -> None:
+    """POST one outbox message as JSON to the URL in `url_setting` (shared by the REST channels)."""
+    url = _setting(url_setting)
     if not url:
-        raise ChannelNotConfigured(NOT_CONFIGURED)
+        raise ChannelNotConfigured(not_configured)
     headers = {"Content-Type": "application/json; charset=utf-8", "X-MedLoop-Message-Id": str(message.id)}
-    token = _setting("HIS_PRIVILEGE_TOKEN")
+    token = _setting(token_setting)
     if token:
         headers["Authorization"] = f"Bearer {token}"
     timeout = float(_setting("HIS_TIMEOUT_SECONDS") or 10)

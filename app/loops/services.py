@@ -479,6 +479,9 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime, insta
         order.pending = True
         order.wait_until = now + timedelta(minutes=5)
         return 0, len(events)
+    had_instance = bool(order.instance_id)
+    before_status = order.status
+    before_flags = (order.has_abnormal, order.current_node)
     if order.instance_id:
         states = {s.node_key: s for s in order.states}
         instance = instances.get(order.instance_id)
@@ -599,12 +602,36 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime, insta
     if remaining:
         order.pending = True
         order.wait_until = min(ev.received_at for ev in remaining) + info.grace
+    _feedback(order, before_status, before_flags, started_now=not had_instance)
     if instance is not None and (messages or not instance.serialized):
         wf.advance_headless(instance=instance, wf=flow, messages=messages)
         hot.append((instance, flow))
     if alerts:
         _raise_alerts(order, alerts)
     return applied, len(remaining)
+
+
+def _feedback(order: LoopOrder, before_status: str, before_flags: tuple[bool, str | None], *, started_now: bool) -> None:
+    """Queue status feedback for the ordering system (received / in progress / done / abnormal / cancelled),
+    one message per change, ordered per order; added to the batch's single flush."""
+    from app.outbox.models import OutboxMessage
+
+    changes = []
+    if started_now:
+        changes.append("received")
+    if order.status == OrderStatus.CLOSED and before_status != OrderStatus.CLOSED:
+        changes.append("done")
+    elif order.status == OrderStatus.INTERRUPTED and before_status != OrderStatus.INTERRUPTED:
+        changes.append("cancelled")
+    elif order.status == OrderStatus.IN_PROGRESS and order.current_node != before_flags[1] and not started_now:
+        changes.append("in_progress")
+    if order.has_abnormal and not before_flags[0]:
+        changes.append("abnormal")
+    for status in changes:
+        db.session.add(OutboxMessage(channel="order_feedback", event="loop.status", key=f"order:{order.order_no}",
+                                     payload={"order_no": order.order_no, "loop_type": order.loop_type_key,
+                                              "status": status, "current_node": order.current_node,
+                                              "at": utcnow().isoformat()}))
 
 
 def _raise_alerts(order: LoopOrder, alerts: list[tuple[str, str | None, str]]) -> None:

@@ -16,6 +16,9 @@ def register(app):
     for name in ("HIS_PRIVILEGE_URL", "HIS_PRIVILEGE_TOKEN"):
         app.config.setdefault(name, os.environ.get(name) or None)
     services.register_channel(his_rest.CHANNEL, his_rest.send, label="HIS（医疗权限）")
+    from connectors import order_feedback
+
+    services.register_channel(order_feedback.CHANNEL, order_feedback.send, label="医嘱状态回写")
     app.register_blueprint(views.bp)
     ACTION_LABELS.update(services.AUDIT_LABELS)
     add_nav("outbox.index", "接口发件箱", "integration.admin", order=88)

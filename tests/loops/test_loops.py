@@ -218,3 +218,21 @@ def test_a_crashed_apply_loses_nothing_and_applies_nothing_twice(his, client, db
 def test_unknown_order_is_404_with_chinese_message(client, his):
     resp = client.get("/api/v1/orders/NOPE/loop", headers={"Authorization": f"Bearer {his.token}"})
     assert resp.status_code == 404 and "NOPE" in resp.get_json()["error"]["message"]
+
+
+def test_status_feedback_is_queued_in_the_outbox_in_order(his, db_session):
+    from app.outbox.models import OutboxMessage
+
+    keys = nodes_of("lab")
+    his([ev("F-1", "lab", n, i) for i, n in enumerate(keys[:2])])
+    apply()
+    his([ev("F-1", "lab", "abnormal", 3, data={"reason": "标本凝固"})])
+    apply()
+    his([ev("F-1", "lab", n, 10 + i) for i, n in enumerate(keys[2:4])])
+    apply()
+    his([ev("F-1", "lab", n, 20 + i) for i, n in enumerate(keys[4:])])
+    apply()
+    rows = db_session.scalars(select(OutboxMessage).where(OutboxMessage.key == "order:F-1")
+                              .order_by(OutboxMessage.id)).all()
+    assert [r.payload["status"] for r in rows] == ["received", "abnormal", "in_progress", "done"]
+    assert {r.channel for r in rows} == {"order_feedback"} and all(r.status == "pending" for r in rows)
