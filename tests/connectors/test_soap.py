@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import requests
+import zeep  # noqa: E402
 from sqlalchemy import func, select
 
 from app.loops.catalog import LOOPS
 from app.loops.models import LoopEvent
 from tests.connectors.conftest import apply_all
-
-zeep = pytest.importorskip("zeep")
 
 
 @pytest.fixture

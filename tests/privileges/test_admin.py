@@ -28,8 +28,8 @@ from app.privileges.models import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-wf = pytest.importorskip("app.workflow.services")
-wf_models = pytest.importorskip("app.workflow.models")
+from app.workflow import models as wf_models  # noqa: E402
+from app.workflow import services as wf  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
