@@ -409,6 +409,25 @@ def run(wf: BpmnWorkflow, *, refresh_timers: bool = False) -> None:
         raise EngineError(f"流程执行出错（{name or '未知步骤'}）：{str(exc).splitlines()[0][:300]}", name) from exc
 
 
+def deliver_and_step(wf: BpmnWorkflow, name: str, payload: dict[str, Any]) -> None:
+    """Deliver a message and advance, cheaply for message chains (the closed-loop hot path).
+
+    The waiting catch task is found in the event manager before sending; once caught it is run directly,
+    and when the chain's next node is now WAITING nothing else can be ready, so do_engine_steps' tree walks
+    are skipped. Anything else (an end event, a gateway, a boundary path) takes the full do_engine_steps."""
+    target = next((t for t in wf.event_manager.tasks.values()
+                   if getattr(getattr(t.task_spec, "event_definition", None), "name", None) == name), None)
+    send_message(wf, name, payload)
+    try:
+        if target is not None and target.state == TaskState.READY:
+            target.run()
+            if any(c.state == TaskState.WAITING for c in target.children):
+                return
+        wf.do_engine_steps()
+    except Exception as exc:  # noqa: BLE001
+        raise EngineError(f"流程执行出错：{str(exc).splitlines()[0][:300]}") from exc
+
+
 def run_light(wf: BpmnWorkflow) -> None:
     """Advance engine tasks once, for system-driven chains with no timers (the closed-loop hot path)."""
     try:

@@ -893,8 +893,7 @@ def advance_headless(*, instance: ProcessInstance, wf, messages: list[tuple[str,
     errors: list[str | None] = []
     for name, payload in messages:
         try:
-            engine.send_message(wf, name, payload)
-            engine.run_light(wf)
+            engine.deliver_and_step(wf, name, payload)
             errors.append(None)
         except engine.EngineError as exc:
             errors.append(exc.message)
