@@ -637,15 +637,21 @@ def suspend_grant(*, grant: Grant, reason: str, actor: User) -> Grant:
     grant = _lock_grant(grant)
     if grant.status != GrantStatus.ACTIVE:
         raise InvalidTransition("只有生效中的授权可以暂停", grant_id=grant.id)
+    return _stop_grant(grant=grant, status=GrantStatus.SUSPENDED, reason=reason, actor=actor,
+                       action="privilege.grant_suspended", verb="暂停")
+
+
+def _stop_grant(*, grant: Grant, status: GrantStatus, reason: str, actor: User | str | None, action: str,
+                verb: str) -> Grant:
+    """Shared by suspension and revocation: record who/why, audit, push to HIS, tell the physician."""
     before = {"status": str(grant.status)}
-    grant.status = GrantStatus.SUSPENDED
+    grant.status = status
     grant.revoked_at = utcnow()
     grant.revoked_by_id = getattr(actor, "id", None)
     grant.revoked_reason = reason
-    audit.record(actor, "privilege.grant_suspended", grant, before=before,
-                 after={"status": str(grant.status), "reason": reason})
+    audit.record(actor, action, grant, before=before, after={"status": str(grant.status), "reason": reason})
     push_grant_change(grant=grant, reason=reason)
-    notify.notify(user_ids=[grant.user_id], title=f"您的医疗权限“{grant.item.name}”已暂停", body=reason,
+    notify.notify(user_ids=[grant.user_id], title=f"您的医疗权限“{grant.item.name}”已{verb}", body=reason,
                   link="/privileges/grants", kind="result")
     db.session.flush()
     return grant
@@ -682,18 +688,8 @@ def revoke_grant(*, grant: Grant, reason: str, actor: User | str | None) -> Gran
     grant = _lock_grant(grant)
     if grant.status not in (GrantStatus.ACTIVE, GrantStatus.SUSPENDED):
         raise InvalidTransition("只有生效中或已暂停的授权可以停止", grant_id=grant.id)
-    before = {"status": str(grant.status)}
-    grant.status = GrantStatus.REVOKED
-    grant.revoked_at = utcnow()
-    grant.revoked_by_id = getattr(actor, "id", None)
-    grant.revoked_reason = reason
-    audit.record(actor, "privilege.grant_revoked", grant, before=before,
-                 after={"status": str(grant.status), "reason": reason})
-    push_grant_change(grant=grant, reason=reason)
-    notify.notify(user_ids=[grant.user_id], title=f"您的医疗权限“{grant.item.name}”已停止", body=reason,
-                  link="/privileges/grants", kind="result")
-    db.session.flush()
-    return grant
+    return _stop_grant(grant=grant, status=GrantStatus.REVOKED, reason=reason, actor=actor,
+                       action="privilege.grant_revoked", verb="停止")
 
 
 def manage_grants_query(*, viewer: User, filters: GrantFilter | None = None, on: date | None = None) -> Select:
