@@ -1364,3 +1364,26 @@ def statistics_workbook(stats: PrivilegeStatistics) -> bytes:
     buf = BytesIO()
     wb.save(buf)
     return buf.getvalue()
+
+
+def sync_new_tech_item(*, number: str, name: str, active: bool, note: str, actor: User | str | None) -> PrivilegeItem:
+    """Keep the 新技术新项目授权 catalogue item of an approved project in step with it (seed 000 §三.1/§三.9):
+    created when the project is approved so its team can be authorised, retired when it turns routine or
+    ends (routine practice is then authorised under its ordinary category). Audited; never deleted."""
+    code = f"NT-{number}"
+    item = db.session.scalar(select(PrivilegeItem).where(PrivilegeItem.code == code))
+    before = audit.snapshot(item) if item is not None else None
+    if item is None:
+        category = db.session.scalar(select(PrivilegeCategory).where(PrivilegeCategory.code == "new_tech"))
+        if category is None:
+            raise NotFound("权限目录中没有“新技术新项目授权”类别")
+        item = PrivilegeItem(category_id=category.id, code=code, sort_order=900)
+        db.session.add(item)
+    item.name = f"{name}（新技术新项目）"[:200]
+    item.requirements = "项目负责人及团队成员，经医院新技术新项目立项与伦理审查"
+    item.source = f"新技术新项目 {number}"
+    item.note = note[:500]
+    item.is_active = active
+    db.session.flush()
+    audit.record(actor, "privilege.catalogue_item_synced", item, before=before, after=audit.snapshot(item))
+    return item

@@ -171,7 +171,13 @@ def _report(project, do, ready, user, label="2026年第1季度"):
 
 
 def test_follow_up_loop_extend_then_routine(make_project, do, ready, user, db_session):
+    from sqlalchemy import select as sa_select
+
+    from app.privileges.models import PrivilegeItem
+
     project = _approved(make_project, do, ready, user, db_session)
+    item = db_session.scalar(sa_select(PrivilegeItem).where(PrivilegeItem.code == f"NT-{project.number}"))
+    assert item is not None and item.is_active and item.category.code == "new_tech"  # the team can be authorised
     assert ready(project.instance_id) == []  # waiting for the report period
     _report(project, do, ready, user)
     do(project.instance_id, "progress_review", "mao", decision="extend", comment="例数不足，延期一个周期")
@@ -180,6 +186,8 @@ def test_follow_up_loop_extend_then_routine(make_project, do, ready, user, db_se
     do(project.instance_id, "progress_review", "mao", decision="routine", comment="疗效确切，转常规")
     assert project.status == "routine" and project.decided_at is not None
     assert [r.review_decision for r in project.reports] == ["extend", "routine"]
+    db_session.refresh(item)
+    assert not item.is_active and "转为常规" in item.note  # routine practice is authorised under its own category
 
 
 def test_follow_up_report_returned_then_terminated(make_project, do, ready, user, db_session):

@@ -14,6 +14,7 @@ from app.core.timefmt import local
 from app.db import db, utcnow
 from app.errors import Forbidden, ValidationFailed
 from app.notify import services as notify
+from app.privileges import services as privileges
 from app.technology.models.new_tech import (
     CATEGORY_LABELS,
     PROJECT_STATUS_LABELS,
@@ -236,6 +237,8 @@ def on_task_complete(*, instance: Any, task: Any, data: dict[str, Any], actor: U
         if decision == "approve":
             project.approved_at = utcnow()
             _set_status(project, ProjectStatus.TRACKING, actor, step="医务处审批", comment=data.get("comment"))
+            privileges.sync_new_tech_item(number=project.number, name=project.name, active=True,
+                                          note="新技术新项目开展期间按项目授权", actor=actor)
             notify.notify(user_ids={project.applicant_id, project.lead_id}, title=f"新技术新项目 {project.number} 已批准开展",
                           body=f"{project.name}：请按追踪周期提交进展报告", link=f"/technology/new-tech/{project.id}",
                           kind="result")
@@ -308,6 +311,10 @@ def finalize(*, instance: Any, data: dict[str, Any], actor: Any) -> NewTechProje
     project.final_comment = comment
     project.decided_at = utcnow()
     _set_status(project, outcome, actor, comment=comment)
+    if project.approved_at is not None:  # its catalogue item exists: retire it with the reason
+        privileges.sync_new_tech_item(
+            number=project.number, name=project.name, active=False, actor=actor,
+            note="已转为常规技术，按常规类别重新授权" if outcome is ProjectStatus.ROUTINE else f"项目已{project.status_label}")
     if getattr(actor, "id", None) != project.applicant_id:
         notify.notify(user_ids=[project.applicant_id], title=f"新技术新项目 {project.number}：{project.status_label}",
                       body=comment or project.name, link=f"/technology/new-tech/{project.id}", kind="result")
