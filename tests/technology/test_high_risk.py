@@ -85,11 +85,22 @@ def test_evaluation_return_to_the_department(user, do, ready, db_session):
 
 
 def test_suspension_and_yearly_start_for_due_items(user, do, db_session):
-    item = _new(user, dept_id=user("gs_head").dept_id)
+    from app.outbox.models import OutboxMessage
+    from app.privileges.models import Grant
+    from app.privileges.services import today
+
+    linked = _item(db_session)  # demo item linked to a privilege item
+    item = _new(user, dept_id=user("gs_head").dept_id, privilege_item_id=str(linked.privilege_item_id))
+    grant = Grant(user_id=user("gs_doc").id, item_id=linked.privilege_item_id, valid_from=today())
+    db_session.add(grant)
+    db_session.flush()
     count = high_risk.start_due_evaluations(actor=user("mao"), year=2032)
     assert count >= 1
     evaluation = next(e for e in high_risk.evaluations(item) if e.year == 2032)
     do(evaluation.instance_id, "self_evaluation", "gs_head", cases_year=3, self_assessment="poor", summary="并发症多")
     do(evaluation.instance_id, "mao_evaluation", "mao", decision="suspend", comment="暂停开展，重新评估条件")
     assert item.status == "suspended" and evaluation.status == "suspend"
+    assert grant.status == "suspended" and "年度评估决定暂停" in grant.revoked_reason  # cascades to the grant
+    pushed = db_session.scalars(select(OutboxMessage).where(OutboxMessage.channel == "his")).all()
+    assert any(m.payload.get("status") == "suspended" for m in pushed)  # and on to HIS through the outbox
     assert high_risk.start_due_evaluations(actor=user("mao"), year=2032) == 0

@@ -253,6 +253,13 @@ def finalize(*, instance: Any, data: dict[str, Any], actor: Any) -> HighRiskEval
         item.last_evaluated_on = today()
         audit.record(actor, "technology.high_risk_evaluation_closed", item, before=before,
                      after={"status": item.status, "last_result": final, "year": evaluation.year})
+        if final == "suspend":
+            # 动态管理: a suspended technology is suspended in HIS too, through the linked privilege grants
+            from app.privileges import services as privileges
+
+            for grant in linked_grants(item):
+                privileges.suspend_grant(grant=grant, actor=actor,
+                                         reason=f"高风险诊疗技术「{item.name}」{evaluation.year}年度评估决定暂停开展")
     elif final in ("withdrawn", "terminated"):
         evaluation.status = "withdrawn"
         if item.status == "rectifying":
