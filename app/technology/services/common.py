@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app.audit import services as audit
 from app.auth.models import Department, Role, User, UserRole
 from app.auth.services import data_scope, has_permission
 from app.core.timefmt import SHANGHAI
@@ -129,6 +128,30 @@ def active_user(user_id: int | None) -> User | None:
     return user
 
 
+def pick_reviewers(raw_ids: Any, path: str, errors: Errors, *, role: str, noun: str, role_label: str,
+                   excluded: set[int] | tuple[int, ...], conflict: str) -> tuple[list[int], list[User]]:
+    """Reviewers named by id (experts, ethics members): active, distinct, holding `role`, not excluded for a
+    conflict of interest. Bad entries get `path/index` errors. Returns (the ids as given, the valid users)."""
+    ids = int_list(raw_ids, path, errors)
+    users: list[User] = []
+    seen: set[int] = set()
+    for idx, uid in enumerate(ids):
+        item = f"{path}/{idx}"
+        user = active_user(uid)
+        if uid in seen:
+            errors[item] = f"重复选择了同一位{noun}"
+        elif user is None:
+            errors[item] = f"{noun}不存在或已停用"
+        elif not holds_role(user, role):
+            errors[item] = f"{user.name}不是{role_label}"
+        elif user.id in excluded:
+            errors[item] = f"{user.name}{conflict}，应回避"
+        else:
+            users.append(user)
+        seen.add(uid)
+    return ids, users
+
+
 def users_with_role(code: str) -> list[User]:
     """Active users holding a role (for expert / ethics-member pickers)."""
     return list(db.session.scalars(
@@ -203,32 +226,6 @@ def ready_task(instance_id: int | None, spec_name: str, *, what: str) -> HumanTa
     if not tasks:
         raise NotFound(f"当前没有待办的「{what}」步骤（流程可能已进入其他环节）")
     return tasks[0]
-
-
-def assign_by_task_data(instance_id: int) -> int:
-    """Give each open multi-instance task (property `assignee_var`) to the user its task data names.
-
-    Interim bridge: the engine's inbox projection does not read `assignee_var` yet (see the technology
-    report); once it does, every task arrives assigned and this finds nothing to do. Audited. Returns the count.
-    """
-    from app.workflow import services as wf
-
-    changed = 0
-    for task in ready_tasks(instance_id):
-        var = (task.properties or {}).get("assignee_var")
-        if not var or task.assignee_id is not None:
-            continue
-        try:
-            user = active_user(int(wf.task_data(task).get(var) or 0))
-        except (TypeError, ValueError):
-            user = None
-        if user is None:
-            continue
-        task.assignee_id = user.id  # assigned, not claimed: it cannot be put back to the group
-        audit.record("系统", "task.assigned", task, after={"assignee_id": user.id, "by": var})
-        changed += 1
-    db.session.flush()
-    return changed
 
 
 def designated_user_id(task: HumanTask) -> int | None:

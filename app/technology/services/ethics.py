@@ -27,10 +27,8 @@ from app.technology.models.ethics import (
 )
 from app.technology.services.common import (
     Errors,
-    active_user,
     acts_for_designated,
-    holds_role,
-    int_list,
+    pick_reviewers,
     workbook,
 )
 
@@ -56,23 +54,8 @@ def validate_setup(data: dict[str, Any], *, forced_mode: str | None = None, excl
     mode = errors.choice(data, "mode", "审查方式", MODE_LABELS)
     if forced_mode and mode and mode != forced_mode:
         errors["mode"] = f"此类申请须采用{MODE_LABELS[forced_mode]}"
-    ids = int_list(data.get("member_ids"), "member_ids", errors)
-    members: list[User] = []
-    seen: set[int] = set()
-    for idx, uid in enumerate(ids):
-        path = f"member_ids/{idx}"
-        user = active_user(uid)
-        if uid in seen:
-            errors[path] = "重复选择了同一位委员"
-        elif user is None:
-            errors[path] = "委员不存在或已停用"
-        elif not holds_role(user, "ethics_member"):
-            errors[path] = f"{user.name}不是伦理委员会委员"
-        elif user.id in exclude_ids:
-            errors[path] = f"{user.name}与审查项目存在利益关系，应回避"
-        else:
-            members.append(user)
-        seen.add(uid)
+    ids, members = pick_reviewers(data.get("member_ids"), "member_ids", errors, role="ethics_member", noun="委员",
+                                  role_label="伦理委员会委员", excluded=exclude_ids, conflict="与审查项目存在利益关系")
     if not ids and "member_ids" not in errors:
         errors["member_ids"] = "请选择审查委员"
     elif mode == "meeting" and len(members) < MIN_MEETING_MEMBERS and not any(k.startswith("member_ids") for k in errors):
@@ -117,7 +100,6 @@ def _flow_data(review: EthicsReview) -> dict[str, Any]:
 
 
 def _start(review: EthicsReview, actor: User) -> None:
-    from app.technology.services.common import assign_by_task_data
     from app.workflow import services as wf
 
     instance = wf.start(key=PROCESS_KEY, business_key=review.number, title=f"伦理审查：{review.title}",
@@ -125,7 +107,6 @@ def _start(review: EthicsReview, actor: User) -> None:
                         data=_flow_data(review))
     review.instance_id = instance.id
     db.session.flush()
-    assign_by_task_data(instance.id)
 
 
 def apply(*, applicant: User, data: dict[str, Any]) -> EthicsReview:
@@ -171,13 +152,12 @@ def start_for_source(*, source_kind: str, source_id: int, title: str, descriptio
 
 def setup_review(*, review: EthicsReview, actor: User, data: dict[str, Any]) -> EthicsReview:
     """Complete the 确定审查方式与委员 step of a standalone review. Raises ValidationFailed, NotFound, Forbidden."""
-    from app.technology.services.common import assign_by_task_data, ready_task
+    from app.technology.services.common import ready_task
     from app.workflow import services as wf
 
     setup = validate_setup(data, exclude_ids=(review.applicant_id,))
     task = ready_task(review.instance_id, "ethics_setup", what="确定审查方式与委员")
     wf.complete(task_id=task.id, actor=actor, data=_setup_payload(setup))
-    assign_by_task_data(review.instance_id or 0)
     return review
 
 

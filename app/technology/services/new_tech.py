@@ -28,8 +28,7 @@ from app.technology.services.common import (
     Errors,
     active_user,
     acts_for_designated,
-    holds_role,
-    int_list,
+    pick_reviewers,
     workbook,
 )
 
@@ -141,23 +140,8 @@ def validate_experts(raw_ids: Any, project: NewTechProject) -> list[User]:
     """The experts named for a review: active holders of the `expert` role, not on the project team's side.
     Raises ValidationFailed with `expert_ids/N` paths."""
     errors = Errors()
-    ids = int_list(raw_ids, "expert_ids", errors)
-    users: list[User] = []
-    seen: set[int] = set()
-    for idx, uid in enumerate(ids):
-        path = f"expert_ids/{idx}"
-        user = active_user(uid)
-        if uid in seen:
-            errors[path] = "重复选择了同一位专家"
-        elif user is None:
-            errors[path] = "专家不存在或已停用"
-        elif not holds_role(user, "expert"):
-            errors[path] = f"{user.name}不是技术评审专家"
-        elif user.id in (project.applicant_id, project.lead_id):
-            errors[path] = f"{user.name}是本项目申请人或负责人，应回避"
-        else:
-            users.append(user)
-        seen.add(uid)
+    _ids, users = pick_reviewers(raw_ids, "expert_ids", errors, role="expert", noun="专家", role_label="技术评审专家",
+                                 excluded=(project.applicant_id, project.lead_id), conflict="是本项目申请人或负责人")
     if not errors and not (MIN_EXPERTS <= len(users) <= MAX_EXPERTS):
         errors["expert_ids"] = f"请选择 {MIN_EXPERTS}–{MAX_EXPERTS} 位评审专家"
     if errors:
@@ -168,7 +152,7 @@ def validate_experts(raw_ids: Any, project: NewTechProject) -> list[User]:
 def assign_experts(*, project: NewTechProject, actor: User, expert_ids: list[Any], comment: str | None = None) -> NewTechProject:
     """Complete the 组织专家评审 step: each chosen expert gets an own review task. Raises ValidationFailed,
     NotFound (the flow is not at that step), Forbidden."""
-    from app.technology.services.common import assign_by_task_data, ready_task
+    from app.technology.services.common import ready_task
     from app.workflow import services as wf
 
     users = validate_experts(expert_ids, project)
@@ -177,7 +161,6 @@ def assign_experts(*, project: NewTechProject, actor: User, expert_ids: list[Any
     if comment:
         data["comment"] = comment.strip()[:1000]
     wf.complete(task_id=task.id, actor=actor, data=data)
-    assign_by_task_data(project.instance_id or 0)
     return project
 
 
