@@ -349,8 +349,6 @@ COMPACT_MARK = "medloop_compact"
 
 
 def _workflow_converter():
-    import json  # noqa: F401
-
     typename = _serializer.registry.typenames[BpmnWorkflow]
     return _serializer.registry.convert_to_dict[typename].args[1].__self__
 
@@ -423,14 +421,6 @@ def deliver_and_step(wf: BpmnWorkflow, name: str, payload: dict[str, Any]) -> No
             target.run()
             if any(c.state == TaskState.WAITING for c in target.children):
                 return
-        wf.do_engine_steps()
-    except Exception as exc:  # noqa: BLE001
-        raise EngineError(f"流程执行出错：{str(exc).splitlines()[0][:300]}") from exc
-
-
-def run_light(wf: BpmnWorkflow) -> None:
-    """Advance engine tasks once, for system-driven chains with no timers (the closed-loop hot path)."""
-    try:
         wf.do_engine_steps()
     except Exception as exc:  # noqa: BLE001
         raise EngineError(f"流程执行出错：{str(exc).splitlines()[0][:300]}") from exc

@@ -918,16 +918,6 @@ def remember_headless(pairs: list[tuple[ProcessInstance, Any]]) -> None:
         _hot_put(instance, wf)
 
 
-def deliver_batch(*, instance: ProcessInstance, messages: list[tuple[str, dict[str, Any]]],
-                  project_nodes: bool = True) -> BatchResult:
-    """Deliver several messages to one system-driven instance whose row the caller holds, saving once."""
-    wf = load_headless(instance)
-    result = advance_headless(instance=instance, wf=wf, messages=messages, project_nodes=project_nodes)
-    db.session.flush()
-    _hot_put(instance, wf)
-    return result
-
-
 # ---------------------------------------------------------------- queries for pages
 
 
