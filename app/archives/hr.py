@@ -7,13 +7,17 @@ Invariants:
   accepts (the archive is updated, audited) or ignores; a newer differing HR value supersedes an open diff;
 - a staff number MedLoop does not know becomes an inactive user with an archive marked "pending" until
   医务处 confirms it (and gives it a role);
-- each import is a batch with a per-row report; everything is audited.
+- each import is a batch with a per-row report; everything is audited;
+- identifiers (工号, 科室编码, 手机号, 身份证号) are exact text: a number Excel stored with more than 15 significant
+  digits (an 18-digit ID typed into a numeric cell) has already lost its last digits, so the row is rejected
+  rather than imported with a wrong number.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,6 +54,13 @@ HEADERS = {
 STAFF_NO_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 MOBILE_RE = re.compile(r"^1[3-9]\d{9}$")
 MAX_ROWS = 5000
+# columns whose every digit matters; they are never treated as numbers
+IDENTIFIERS = ("staff_no", "dept_code", "phone", "id_number")
+# Excel keeps 15 significant digits of a number (IEEE 754 double as Excel displays it); longer numbers are cut
+EXCEL_DIGITS = 15
+# a number turned into text: "1001.0" (pandas, float cells) or "3.30102E+17" (Excel's CSV export)
+FLOAT_TEXT_RE = re.compile(r"^(\d+\.0*|\d+(\.\d+)?[eE]\+\d+)$")
+ZERO_PAD_RE = re.compile(r"^0+$")
 
 
 def _text(value: Any) -> str:
@@ -62,6 +73,58 @@ def _text(value: Any) -> str:
     if isinstance(value, date):
         return value.isoformat()
     return str(value).strip()
+
+
+def _number_shown(value: float) -> str:
+    # how Excel shows such a number in a General cell, so the user can find it in the sheet
+    return f"{value:.{EXCEL_DIGITS}G}"
+
+
+def identifier_text(value: Any, *, number_format: str | None = None) -> tuple[str, str | None]:
+    """Exact text of an identifier cell or JSON value, and why it cannot be exact (None when it is).
+
+    Integers (and integer-valued floats up to 15 digits) become their digits, zero-padded when the cell's number
+    format is "000000"; a float of more than 15 digits, or text such as "3.30102E+17", has lost digits."""
+    if value is None or isinstance(value, bool):
+        return _text(value), None
+    if isinstance(value, str):
+        text = value.strip()
+        if not FLOAT_TEXT_RE.match(text):
+            return text, None
+        try:
+            value = float(text)
+        except ValueError:  # pragma: no cover - the pattern only matches numbers
+            return text, None
+        shown = text
+    elif isinstance(value, int):
+        return _zero_pad(str(value), number_format), None
+    elif isinstance(value, float):
+        shown = _number_shown(value)
+    else:
+        return _text(value), None
+    if not math.isfinite(value) or not value.is_integer():
+        return shown, "应为号码，不能是带小数的数字"
+    digits = str(abs(int(value)))
+    if len(digits) > EXCEL_DIGITS:
+        return shown, f"以数字形式保存为 {shown}，超过 {EXCEL_DIGITS} 位有效数字的部分已丢失，无法还原准确的号码"
+    return _zero_pad(("-" if value < 0 else "") + digits, number_format), None
+
+
+def _zero_pad(digits: str, number_format: str | None) -> str:
+    # a numeric cell formatted "000000" shows (and means) 001001 for 1001
+    if number_format and ZERO_PAD_RE.match(number_format):
+        return digits.zfill(len(number_format))
+    return digits
+
+
+class SheetRow(dict[str, str]):
+    """One data row of an uploaded file: values keyed by FIELDS, its row number in the sheet, and the problems
+    found while reading its cells (field -> Chinese message naming the row and the column)."""
+
+    def __init__(self, values: dict[str, str], *, line: int, problems: dict[str, str] | None = None) -> None:
+        super().__init__(values)
+        self.line = line
+        self.problems = problems or {}
 
 
 # ---------------------------------------------------------------- reading files
@@ -77,11 +140,12 @@ def _header_map(row: Iterable[Any]) -> dict[int, str]:
     return out
 
 
-def read_rows(filename: str, content: bytes) -> list[dict[str, str]]:
-    """Rows of an .xlsx or .csv file as dicts keyed by FIELDS (Chinese or English headers in the first row).
-    Raises ValidationFailed when the file cannot be read or lacks the 工号/姓名 columns."""
+def read_rows(filename: str, content: bytes) -> list[SheetRow]:
+    """Rows of an .xlsx or .csv file keyed by FIELDS (Chinese or English headers in the first row), identifier
+    columns as exact text. Raises ValidationFailed when the file cannot be read or lacks the 工号/姓名 columns."""
     name = (filename or "").lower()
     raw: list[list[Any]]
+    formats: list[list[str | None]] = []
     if name.endswith(".xlsx"):
         from openpyxl import load_workbook
 
@@ -90,7 +154,12 @@ def read_rows(filename: str, content: bytes) -> list[dict[str, str]]:
         except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds for a broken file
             raise ValidationFailed({"file": "Excel 文件无法读取，请确认是 .xlsx 格式"}) from exc
         ws = wb.active
-        raw = [list(r) for r in ws.iter_rows(values_only=True)] if ws is not None else []
+        raw = []
+        for cells in ws.iter_rows() if ws is not None else ():
+            # the cells, not values_only: the number format tells 001001 from 1001
+            raw.append([c.value for c in cells])
+            formats.append([getattr(c, "number_format", None) for c in cells])
+        wb.close()
     elif name.endswith(".csv"):
         for encoding in ("utf-8-sig", "gb18030"):
             try:
@@ -108,11 +177,24 @@ def read_rows(filename: str, content: bytes) -> list[dict[str, str]]:
     header = _header_map(raw[0])
     if "staff_no" not in header.values() or "name" not in header.values():
         raise ValidationFailed({"file": "第一行应为表头，至少包含“工号”和“姓名”列"})
+    titles = {i: _text(raw[0][i]) for i in header}
     rows = []
-    for r in raw[1:]:
+    for n, r in enumerate(raw[1:], start=1):
         if not any(_text(c) for c in r):
             continue
-        rows.append({f: _text(r[i]) if i < len(r) else "" for i, f in header.items()})
+        line = n + 1  # the header is row 1
+        values: dict[str, str] = {}
+        problems: dict[str, str] = {}
+        for i, f in header.items():
+            cell = r[i] if i < len(r) else None
+            if f not in IDENTIFIERS:
+                values[f] = _text(cell)
+                continue
+            fmt = formats[n][i] if n < len(formats) and i < len(formats[n]) else None
+            values[f], problem = identifier_text(cell, number_format=fmt)
+            if problem:
+                problems[f] = f"第 {line} 行“{titles[i]}”列{problem}，请将该列设置为“文本”格式后重新录入"
+        rows.append(SheetRow(values, line=line, problems=problems))
     if len(rows) > MAX_ROWS:
         raise ValidationFailed({"file": f"单次最多导入 {MAX_ROWS} 行，请分批导入"})
     return rows
@@ -140,28 +222,37 @@ class CleanRow:
 def check_row(row: dict[str, Any]) -> tuple[CleanRow | None, dict[str, str]]:
     """A row's clean values, or its errors keyed by field (Chinese)."""
     errors: dict[str, str] = {}
-    values = {f: _text(row.get(f)) for f in FIELDS}
+    values: dict[str, str] = {}
+    for f in FIELDS:
+        if f in IDENTIFIERS:
+            values[f], problem = identifier_text(row.get(f))
+            if problem:
+                errors[f] = f"{FIELD_LABELS[f]}{problem}，请以文本传送"
+        else:
+            values[f] = _text(row.get(f))
+    # a problem found while reading the cell names the sheet's row and column; it wins over the generic one
+    errors.update(getattr(row, "problems", {}))
     staff_no, name = values["staff_no"], values["name"]
     if not staff_no:
         errors["staff_no"] = "工号为必填项"
-    elif not STAFF_NO_RE.match(staff_no):
+    elif "staff_no" not in errors and not STAFF_NO_RE.match(staff_no):
         errors["staff_no"] = "工号为 1–32 位字母、数字、下划线或短横线"
     if not name:
         errors["name"] = "姓名为必填项"
     elif len(name) > 64:
         errors["name"] = "姓名不超过 64 个字符"
     dept = None
-    if values["dept_code"]:
+    if values["dept_code"] and "dept_code" not in errors:
         dept = _dept_by_code(values["dept_code"])
         if dept is None:
             errors["dept_code"] = f"HIS 科室编码 {values['dept_code']} 在科室字典中不存在"
     if len(values["title"]) > 32:
         errors["title"] = "职称不超过 32 个字符"
     phone = values["phone"].replace(" ", "").replace("-", "")
-    if phone and not MOBILE_RE.match(phone):
+    if phone and "phone" not in errors and not MOBILE_RE.match(phone):
         errors["phone"] = "手机号应为 1 开头的 11 位数字"
     id_number = values["id_number"].upper()
-    if id_number:
+    if id_number and "id_number" not in errors:
         problem = archives.id_number_problem(id_number)
         if problem:
             errors["id_number"] = problem
@@ -261,7 +352,8 @@ def import_rows(*, rows: list[dict[str, Any]], actor: Any, source: str, filename
     seen: dict[str, int] = {}
     touched: list[int] = []
     for idx, raw in enumerate(rows):
-        line = idx + 1
+        # a file's rows are reported by their row in the sheet, so the user finds them in Excel
+        line = raw.line if isinstance(raw, SheetRow) else idx + 1
         if not isinstance(raw, dict):
             report.append({"row": line, "status": "rejected", "staff_no": "",
                            "errors": [{"path": f"staff/{idx}", "message": "每一行应为对象（含工号、姓名等字段）"}]})

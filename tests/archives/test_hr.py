@@ -8,7 +8,7 @@ from openpyxl import Workbook
 from sqlalchemy import func, select
 
 from app.archives import hr, services
-from app.archives.models import HrDiff
+from app.archives.models import ArchiveProfile, HrDiff
 from app.audit.models import AuditLog
 from app.auth.models import User
 
@@ -42,15 +42,16 @@ def test_excel_import_records_diffs_creates_pending_staff_and_rejects_bad_rows(d
     assert rows[0]["staff_no"] == "D1002" and rows[0]["dept_code"] == "1001"
     batch = hr.import_rows(rows=rows, actor=mao, source="file", filename="人事.xlsx")
     assert (batch.total, batch.created_count, batch.unchanged_count, batch.rejected_count) == (6, 1, 1, 3)
+    # a file's rows are reported by their row in the sheet (the header is row 1)
     report = {r["row"]: r for r in batch.report}
-    assert report[1]["status"] == "diff" and set(report[1]["fields"]) == {"职称", "手机号"}
-    assert report[2]["status"] == "created"
-    assert report[3]["errors"] == [{"path": "staff/2/phone", "message": "手机号应为 1 开头的 11 位数字"}]
-    bad = {e["path"].split("/")[-1]: e["message"] for e in report[4]["errors"]}
+    assert report[2]["status"] == "diff" and set(report[2]["fields"]) == {"职称", "手机号"}
+    assert report[3]["status"] == "created"
+    assert report[4]["errors"] == [{"path": "staff/2/phone", "message": "手机号应为 1 开头的 11 位数字"}]
+    bad = {e["path"].split("/")[-1]: e["message"] for e in report[5]["errors"]}
     assert set(bad) == {"name", "dept_code", "id_number", "hire_date"}
     assert "9999" in bad["dept_code"] and "校验位" in bad["id_number"]
-    assert "重复" in report[5]["errors"][0]["message"]
-    assert report[6]["status"] == "unchanged"
+    assert "重复" in report[6]["errors"][0]["message"] and "第 3 行" in report[6]["errors"][0]["message"]
+    assert report[7]["status"] == "unchanged"
     diffs = {d.field: d for d in db_session.scalars(select(HrDiff).where(HrDiff.batch_id == batch.id))}
     assert set(diffs) == {"title", "phone"}
     assert (diffs["title"].ours, diffs["title"].theirs) == ("主治医师", "副主任医师")
@@ -135,3 +136,106 @@ def test_file_import_page_shows_the_batch_report(deployed, client, login, db_ses
     assert resp.status_code == 302
     nurse_token = login("gs_doc")
     assert client.post("/archives/hr/import", data={"csrf_token": nurse_token}).status_code == 403
+
+
+# ---------------------------------------------------------------- identifiers read from Excel as exact text
+
+X_ID = "33010219880514103X"  # valid, check digit X
+LOST_ID = 3.30102199001011e17  # what Excel keeps of 330102199001011007 typed into a numeric cell
+
+
+def _sheet(rows: list[list], formats: dict[str, str] | None = None) -> bytes:
+    """An .xlsx with the HR header and cells as given: numbers stay numeric cells, strings stay text cells."""
+    wb = Workbook()
+    ws = wb.active
+    ws.append(["工号", "姓名", "科室编码", "手机号", "身份证号"])
+    for r in rows:
+        ws.append(r)
+    for coord, fmt in (formats or {}).items():
+        ws[coord].number_format = fmt
+    buf = BytesIO()
+    wb.save(buf)
+    return buf.getvalue()
+
+
+def test_numeric_excel_cells_are_read_as_exact_identifier_text(db_session):
+    content = _sheet([
+        [5101, "数字工号", 1001.0, 13900003333, X_ID],          # numeric work no., float dept code, numeric phone
+        [1001, "补零工号", "1002", "13900004444", X_ID.lower()],  # numeric work no. shown as 001001
+        ["H5103", "文本单元格", "1001", "139 0000 5555", None],
+    ], formats={"A3": "000000"})
+    rows = hr.read_rows("人事.xlsx", content)
+    assert [r.line for r in rows] == [2, 3, 4]
+    assert (rows[0]["staff_no"], rows[0]["dept_code"], rows[0]["phone"], rows[0]["id_number"]) == (
+        "5101", "1001", "13900003333", X_ID)
+    assert rows[1]["staff_no"] == "001001" and rows[1]["dept_code"] == "1002"
+    assert rows[2]["phone"] == "139 0000 5555" and rows[2]["id_number"] == ""
+    assert not any(r.problems for r in rows)
+    for r in rows:
+        assert not any(v.endswith(".0") or "e+" in v.lower() for v in r.values())
+
+
+def test_id_number_excel_stored_as_a_float_rejects_only_its_row(deployed, user, db_session):
+    mao = user("mao")
+    content = _sheet([
+        ["H5201", "钱科学", "1001", "13900006666", LOST_ID],
+        ["H5202", "孙文本", "1001", 13900007777, X_ID.lower()],
+        ["H5203", "李正确", 1002, None, "330102199001011007"],
+    ])
+    rows = hr.read_rows("人事.xlsx", content)
+    assert set(rows[0].problems) == {"id_number"}
+    batch = hr.import_rows(rows=rows, actor=mao, source="file", filename="人事.xlsx")
+    assert (batch.total, batch.created_count, batch.rejected_count) == (3, 2, 1)
+    report = {r["row"]: r for r in batch.report}
+    [error] = report[2]["errors"]
+    assert error["path"] == "staff/0/id_number"
+    message = error["message"]
+    assert message.startswith("第 2 行“身份证号”列") and "3.30102199001011E+17" in message
+    assert "15 位有效数字" in message and "文本" in message
+    # never imported with a wrong ID number
+    assert db_session.scalar(select(User).where(User.staff_no == "H5201")) is None
+    assert db_session.scalar(select(func.count()).select_from(ArchiveProfile).where(
+        ArchiveProfile.id_number.like("330102199001011%"))) == 1
+    x_staff = db_session.scalar(select(User).where(User.staff_no == "H5202"))
+    profile = services.get_profile(x_staff)
+    assert profile.id_number == X_ID and profile.birth_date.isoformat() == "1988-05-14"
+    assert x_staff.phone == "13900007777"
+    assert services.get_profile(db_session.scalar(select(User).where(User.staff_no == "H5203"))).id_number == (
+        "330102199001011007")
+    html_rows = {r["row"] for r in batch.report if r["status"] == "created"}
+    assert html_rows == {3, 4}
+
+
+def test_import_page_names_the_row_and_column_of_a_lost_id_number(deployed, client, login, db_session):
+    token = login("mao")
+    content = _sheet([["H5301", "页面科学", "1001", None, LOST_ID], ["H5302", "页面正常", "1001", None, X_ID]])
+    resp = client.post("/archives/hr/import", data={"csrf_token": token, "file": (BytesIO(content), "hr.xlsx")},
+                       content_type="multipart/form-data")
+    assert resp.status_code == 302
+    html = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert "拒绝 1 行" in html and "第 2 行“身份证号”列以数字形式保存为 3.30102199001011E+17" in html
+
+
+def test_id_number_checksum_and_lost_digits_from_csv_and_json(deployed, user, db_session):
+    mao = user("mao")
+    csv = ("工号,姓名,身份证号,手机号\n"
+           "H5401,周校验,330102199001011008,\n"      # wrong check digit
+           "H5402,吴科学,3.30102E+17,\n"             # Excel's CSV export of a numeric cell
+           "H5403,郑小数,,13900008888.0\n"            # a float turned into text: still the exact number
+           "H5404,王大写,33010219880514103x,\n").encode()
+    rows = hr.read_rows("人事.csv", csv)
+    batch = hr.import_rows(rows=rows, actor=mao, source="file", filename="人事.csv")
+    report = {r["row"]: r for r in batch.report}
+    assert report[2]["errors"] == [{"path": "staff/0/id_number", "message": "身份证号校验位不正确，请核对"}]
+    assert report[3]["errors"][0]["message"].startswith("第 3 行“身份证号”列以数字形式保存为 3.30102E+17")
+    assert report[4]["status"] == "created" and report[5]["status"] == "created"
+    assert db_session.scalar(select(User.phone).where(User.staff_no == "H5403")) == "13900008888"
+    # the API too: a JSON number cannot carry 18 digits, an integer-valued float is taken as its digits
+    api = hr.import_rows(rows=[{"staff_no": "H5501", "name": "接口浮点", "id_number": LOST_ID},
+                               {"staff_no": 5502.0, "name": "接口整数", "phone": 13900009999}],
+                         actor=mao, source="api", system="HRP")
+    first, second = api.report
+    assert first["status"] == "rejected" and first["errors"][0]["path"] == "staff/0/id_number"
+    assert first["errors"][0]["message"].startswith("身份证号以数字形式保存为 3.30102199001011E+17")
+    assert second["status"] == "created" and second["staff_no"] == "5502"
+    assert db_session.scalar(select(User.phone).where(User.staff_no == "5502")) == "13900009999"
