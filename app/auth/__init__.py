@@ -4,8 +4,10 @@
 def register(app):
     from app.audit.services import ACTION_LABELS
     from app.auth import admin, api, services, views
+    from app.auth.access import LazyCookieSessionInterface
     from app.web import add_nav
 
+    app.session_interface = LazyCookieSessionInterface()
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)

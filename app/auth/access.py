@@ -7,6 +7,7 @@ from functools import wraps
 from typing import Any
 
 from flask import g, redirect, request, url_for
+from flask.sessions import SecureCookieSessionInterface
 from flask_login import current_user
 
 from app.auth import services
@@ -61,6 +62,26 @@ def api_auth(*permissions: str, allow_token: bool = True) -> Callable:
         return wrapper
 
     return decorator
+
+
+class LazyCookieSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, except that a request without a session cookie (a hospital system's API
+    call) gets an empty session without building the signing serializer; it is only built if the session is
+    written to."""
+
+    def open_session(self, app: Any, request: Any) -> Any:
+        if app.secret_key and self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
+
+
+def token_request() -> bool:
+    """A hospital system's API call: a Bearer token and no browser session cookie. Such calls skip the session
+    machinery (login loading, idle timeout, password-change redirect): the token alone authenticates them."""
+    from flask import current_app
+
+    return (request.path.startswith("/api/") and request.headers.get("Authorization", "").startswith("Bearer ")
+            and current_app.config.get("SESSION_COOKIE_NAME", "session") not in request.cookies)
 
 
 def client_address() -> str:

@@ -10,7 +10,7 @@ from flask_login import current_user
 from werkzeug.datastructures import MultiDict
 
 from app.auth import services
-from app.auth.access import require
+from app.auth.access import require, token_request
 from app.auth.models import Campus, Department, Role, User
 from app.auth.permissions import PERMISSIONS
 from app.core.paging import paginate
@@ -399,7 +399,7 @@ def change_password():
 def enforce_password_change():
     """Before every request: a user whose password was set by an administrator or has expired goes to the
     change-password page first (等保 2.0 身份鉴别); API calls on such a session get 403."""
-    if request.endpoint is None or request.endpoint in PASSWORD_CHANGE_EXEMPT:
+    if request.endpoint is None or request.endpoint in PASSWORD_CHANGE_EXEMPT or token_request():
         return None
     if not current_user.is_authenticated:
         return None

@@ -9,7 +9,7 @@ from flask_login import current_user, login_user, logout_user
 
 from app.audit import services as audit
 from app.auth import services
-from app.auth.access import client_address, client_terminal
+from app.auth.access import client_address, client_terminal, token_request
 from app.db import db
 
 bp = Blueprint("auth", __name__)
@@ -63,7 +63,7 @@ def logout():
 
 def enforce_idle_timeout():
     """Log out a session idle for longer than SESSION_IDLE_MINUTES (等保 2.0 会话超时)."""
-    if not current_user.is_authenticated or request.endpoint in (None, "static", "vendor"):
+    if token_request() or not current_user.is_authenticated or request.endpoint in (None, "static", "vendor"):
         return None
     now = datetime.now(UTC).timestamp()
     last = session.get("last_seen")

@@ -12,6 +12,11 @@ by any process is seen by the very next check everywhere:
   publishes it (only ever raising it), or from that database row without Redis. The database stays the truth:
   what changed is always read from it. After restoring or rebuilding the database behind a running Redis, delete
   the key medloop:privileges:check-version (answers stay right, but every check pays a query until then);
+- a listener thread per process subscribes to the version's channel (every raise is published) and keeps the version
+  in memory, so a check reads no Redis at all: a commit in this process is seen by its next check at once, one in
+  another process as soon as the publish arrives (well under a millisecond on a LAN); the key is re-read every
+  few seconds and, while the subscription is down, every check reads the key itself (PRIVILEGE_CHECK_LISTEN=0
+  keeps it that way always);
 - an index behind the shared version reloads only the users logged since its own version (a copy is patched and
   swapped in); catalogue changes, `invalidate()`, a gap in the log (pruned) or more than DELTA_MAX users mean a
   full reload, as does an index older than PRIVILEGE_CHECK_CACHE_MAX_AGE seconds (self-healing if a publish was
@@ -328,9 +333,103 @@ DELTA_MAX = 1000
 # raise the published version, never lower it (publishes of concurrent commits may arrive out of order)
 _PUBLISH_SCRIPT = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
-if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+if current < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[1])
+end
 return 1
 """
+RESYNC_SECONDS = 5.0
+
+# the highest version this process knows per Redis URL, from its own commits and from the listener: shared by
+# every app in the process, so a commit through one app is seen by the next check through another at once
+_known: dict[str, int] = {}
+_known_lock = threading.Lock()
+
+
+def _raise_known(url: str, version: int) -> None:
+    with _known_lock:
+        if _known.get(url, -1) < version:
+            _known[url] = version
+
+
+def channel_for(url: str) -> str:
+    """The publish channel of the version: the key's name plus the Redis database number (channels are shared by
+    every database of a Redis server, keys are not)."""
+    from redis.connection import parse_url
+
+    return f"{REDIS_STAMP_KEY}@{parse_url(url).get('db', 0)}"
+
+
+class StampListener:
+    """One daemon thread per process and Redis URL, subscribed to the version channel (the key's name): every
+    publish raises the process's known version, so a check reads a number from memory instead of asking Redis.
+
+    `live` is true only while the subscription stands and the key has been read after subscribing (nothing
+    published in between can be missed); every RESYNC_SECONDS the key is read again (a lost message costs at most
+    that long) and the connection's health is checked. While not live, checks read the key from Redis as before."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pid = os.getpid()
+        self.live = False
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="privilege-check-stamp", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import redis
+
+        backoff = 0.2
+        while not self.stopped:
+            client = None
+            try:
+                client = redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=RESYNC_SECONDS * 2,
+                                              health_check_interval=RESYNC_SECONDS)
+                pubsub = client.pubsub()
+                pubsub.subscribe(channel_for(self.url))
+                resync_at = 0.0
+                while not self.stopped:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        raw = message["data"]
+                        if raw.isdigit():
+                            _raise_known(self.url, int(raw))
+                    if pubsub.subscribed and time.monotonic() >= resync_at:
+                        raw = client.get(REDIS_STAMP_KEY)
+                        if raw is None or not raw.isdigit():
+                            self.live = False  # a check seeds the key from the database first
+                        else:
+                            with _known_lock:  # the key is the truth: lower too (a database rebuilt behind Redis)
+                                _known[self.url] = int(raw)
+                            self.live = True
+                            backoff = 0.2
+                        resync_at = time.monotonic() + RESYNC_SECONDS
+            except Exception:  # noqa: BLE001 - checks fall back to reading the key while we reconnect
+                log.warning("privilege check version listener lost Redis; retrying", exc_info=True)
+            finally:
+                self.live = False
+                if client is not None:
+                    try:
+                        client.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+_listeners: dict[str, StampListener] = {}
+
+
+def listener_for(url: str) -> StampListener:
+    """This process's listener for the URL (started on first use, and again in a forked child)."""
+    listener = _listeners.get(url)
+    if listener is None or listener.pid != os.getpid():
+        with _known_lock:
+            listener = _listeners.get(url)
+            if listener is None or listener.pid != os.getpid():
+                listener = _listeners[url] = StampListener(url)
+    return listener
 
 
 def _flag(value: Any, default: bool = True) -> bool:
@@ -383,6 +482,9 @@ class CheckCache:
         self.enabled = _flag(app.config.get("PRIVILEGE_CHECK_CACHE"), True)
         self.max_age = float(app.config.get("PRIVILEGE_CHECK_CACHE_MAX_AGE") or DEFAULT_MAX_AGE)
         self.redis_url = stamp_redis_url(app.config)
+        # PRIVILEGE_CHECK_LISTEN=0: read the key from Redis on every check instead of listening for its changes
+        self.listen = _flag(app.config.get("PRIVILEGE_CHECK_LISTEN"), True)
+        self.channel = channel_for(self.redis_url) if self.redis_url else ""
         self._redis: Any = None
         self.index: Index | None = None
         self.floor = 0  # the latest version this process committed itself (in case its publish was lost)
@@ -403,15 +505,18 @@ class CheckCache:
         return self._redis
 
     def _publish_redis(self, version: int) -> None:
-        self.redis.eval(_PUBLISH_SCRIPT, 1, REDIS_STAMP_KEY, version)
+        self.redis.eval(_PUBLISH_SCRIPT, 1, REDIS_STAMP_KEY, version, self.channel)
 
     def read_stamp(self) -> int:
-        """The shared version: Redis when configured (seeded from the database when the key is missing), else the
-        database row."""
+        """The shared version: with Redis, the version pushed to this process while its listener is live, else the
+        key read from Redis (seeded from the database when missing); without Redis, the database row."""
         if self.redis_url:
+            if self.listen:
+                if listener_for(self.redis_url).live:
+                    return max(_known.get(self.redis_url, 0), self.floor)
             raw = self.redis.get(REDIS_STAMP_KEY)
             if raw is not None and raw.isdigit():
-                return max(int(raw), self.floor)
+                return max(int(raw), self.floor, _known.get(self.redis_url, 0))
             version = db_version()
             self._publish_redis(version)
             return max(version, self.floor)
@@ -421,6 +526,7 @@ class CheckCache:
         """After this process committed `version`."""
         self.floor = max(self.floor, version)
         if self.redis_url:
+            _raise_known(self.redis_url, version)
             try:
                 self._publish_redis(version)
             except Exception:  # noqa: BLE001 - the index max age bounds how long other processes stay stale

@@ -377,6 +377,91 @@ def test_a_change_in_one_instance_is_seen_by_the_next_check_in_another(shared_ur
             db.engine.dispose()
 
 
+_WRITER = """
+import sys
+from datetime import timedelta
+from sqlalchemy import select
+from app import create_app
+from app.auth.models import User
+from app.db import db
+from app.privileges import services
+from app.privileges.models import Grant, GrantStatus, PrivilegeItem
+from tests.conftest import make_config
+
+app = create_app(make_config(sys.argv[1], PRIVILEGE_CHECK_REDIS_URL=sys.argv[2]))
+with app.app_context():
+    doc = db.session.scalar(select(User).where(User.username == "orth_doc"))
+    item = db.session.scalar(select(PrivilegeItem).where(PrivilegeItem.code == "SP-ONC-2"))
+    db.session.add(Grant(user_id=doc.id, item_id=item.id, status=GrantStatus.ACTIVE, valid_from=services.today(),
+                         valid_until=services.today() + timedelta(days=30)))
+    db.session.commit()
+"""
+
+
+def test_a_commit_in_another_process_reaches_the_listening_reader_through_pubsub(shared_url, monkeypatch):
+    """The reader reads no Redis key per check: the version arrives on the channel. The key re-read is pushed far
+    away and the reader's own Redis client fails on use, so only the published message can bring the change."""
+    import subprocess
+    import sys
+    import time as clock
+
+    from app.auth.models import User
+    from app.auth.services import create_api_token
+    from app.db import db
+    from app.privileges.models import Grant, PrivilegeItem
+    from tests.conftest import REDIS_URL
+
+    redis_url = REDIS_URL.rsplit("/", 1)[0] + "/4"  # its own channel: no listener of this process uses it yet
+    monkeypatch.setattr(checker, "RESYNC_SECONDS", 3600.0)
+    import redis
+
+    redis.Redis.from_url(redis_url).delete(checker.REDIS_STAMP_KEY)
+    reader = _instance(shared_url, redis_url)
+    with reader.app_context():
+        doc = db.session.scalar(select(User).where(User.username == "orth_doc"))
+        item = db.session.scalar(select(PrivilegeItem).where(PrivilegeItem.code == "SP-ONC-2"))
+        for old in db.session.scalars(select(Grant).where(Grant.user_id == doc.id, Grant.item_id == item.id)):
+            old.status = GrantStatus.REVOKED
+        doc.departed_at, doc.is_active = None, True
+        token = create_api_token(system="HIS-pubsub")
+        db.session.commit()
+    http = reader.test_client()
+
+    def allowed() -> bool:
+        return http.get(URL, query_string={"staff_no": "D3001", "category": "special", "code": "SP-ONC-2"},
+                        headers={"Authorization": f"Bearer {token}"}).get_json()["allowed"]
+
+    assert allowed() is False  # loads the index and starts the listener
+    listener = checker.listener_for(redis_url)
+    for _ in range(200):
+        if listener.live:
+            break
+        clock.sleep(0.05)
+    assert listener.live
+    with reader.app_context():
+        cache = checker.cache_for(reader)
+
+        class NoKeyReads:
+            def __getattr__(self, name):
+                raise AssertionError(f"the reader asked Redis directly ({name})")
+
+        monkeypatch.setattr(cache, "_redis", NoKeyReads())
+        before, patches = cache.read_stamp(), cache.patches
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", _WRITER, shared_url, redis_url], cwd=root, check=True, timeout=120)
+    seen = False
+    for _ in range(200):  # the publish arrives within milliseconds; allow a loaded machine 10 s
+        if allowed():
+            seen = True
+            break
+        clock.sleep(0.05)
+    assert seen
+    with reader.app_context():
+        assert cache.read_stamp() > before
+        assert cache.patches == patches + 1  # answered from the patched index, not from a database fallback
+        db.engine.dispose()
+
+
 def test_a_grant_change_patches_only_that_physician_and_a_catalogue_change_reloads_all(
         app, db_session, client, his, user, item, make_grant):
     make_grant(user("gs_doc"), item("BASIC-RX"))
