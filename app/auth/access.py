@@ -74,14 +74,25 @@ class LazyCookieSessionInterface(SecureCookieSessionInterface):
             return self.session_class()
         return super().open_session(app, request)
 
+    def save_session(self, app: Any, session: Any, response: Any) -> None:
+        if not session and not session.modified and not session.accessed:
+            return  # nothing was read or written: no cookie to send, no Vary header to add
+        super().save_session(app, session, response)
+
 
 def token_request() -> bool:
     """A hospital system's API call: a Bearer token and no browser session cookie. Such calls skip the session
     machinery (login loading, idle timeout, password-change redirect): the token alone authenticates them."""
-    from flask import current_app
+    environ = request.environ
+    known = environ.get("medloop.token_request")
+    if known is None:
+        from flask import current_app
 
-    return (request.path.startswith("/api/") and request.headers.get("Authorization", "").startswith("Bearer ")
+        known = environ["medloop.token_request"] = (
+            environ.get("PATH_INFO", "").startswith("/api/")
+            and environ.get("HTTP_AUTHORIZATION", "").startswith("Bearer ")
             and current_app.config.get("SESSION_COOKIE_NAME", "session") not in request.cookies)
+    return bool(known)
 
 
 def client_address() -> str:

@@ -405,8 +405,9 @@ class StampListener:
                             self.live = True
                             backoff = 0.2
                         resync_at = time.monotonic() + RESYNC_SECONDS
-            except Exception:  # noqa: BLE001 - checks fall back to reading the key while we reconnect
-                log.warning("privilege check version listener lost Redis; retrying", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - checks fall back to reading the key while we reconnect
+                if backoff <= 0.2:  # once per outage, not on every retry
+                    log.warning("privilege check version listener lost Redis (%s); retrying", exc)
             finally:
                 self.live = False
                 if client is not None:

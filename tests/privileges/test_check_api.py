@@ -483,3 +483,31 @@ def test_a_grant_change_patches_only_that_physician_and_a_catalogue_change_reloa
     db_session.commit()
     assert _get(client, his, "D2002", "basic", "BASIC-RX")["reason"] == "该授权项目已停用"
     assert cache.full_reloads == full + 1
+
+
+def test_token_checks_take_the_short_path_and_answer_as_flask_does(app, client, his, user, item, make_grant,
+                                                                  db_session, monkeypatch):
+    """The WSGI short path answers well-formed token GETs byte for byte as the Flask view does; anything else
+    (bad parameters, no or a bad token, POST) falls through to Flask's usual answers."""
+    from app.privileges.fastpath import CheckFastPath
+
+    fast = app.extensions["privilege_check_fastpath"]
+    assert isinstance(fast, CheckFastPath)
+    make_grant(user("gs_doc"), item("BASIC-RX"))
+    db_session.commit()
+    query = {"staff_no": "D1002", "category": "basic", "code": "BASIC-RX"}
+    before = fast.answered
+    short = client.get(URL, query_string=query, headers=his)
+    assert fast.answered == before + 1
+    assert short.get_json()["allowed"] is True
+    assert short.headers["Content-Type"] == "application/json"
+    assert short.headers["X-Content-Type-Options"] == "nosniff"
+    with monkeypatch.context() as patch:  # the same request through the Flask view: the same bytes
+        patch.setattr(CheckFastPath, "__call__", lambda self, environ, start: self.next(environ, start))
+        assert client.get(URL, query_string=query, headers=his).get_data() == short.get_data()
+    before = fast.answered
+    bad = client.get(URL, query_string={"staff_no": "D1002", "category": "basic"}, headers=his)
+    assert bad.status_code == 400 and "code" in bad.get_data(as_text=True)
+    assert client.get(URL, query_string=query, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get(URL, query_string=query).status_code == 401
+    assert fast.answered == before
