@@ -1,8 +1,9 @@
 """接口字典 (Word): the closed-loop integration contract for hospital-system vendors.
 
 `build(...)` only renders what it is given (no database access), so the caller decides what goes in:
-loop types with their nodes and standard minutes, the event fields, result codes, the current interface
-dictionary rows, the SOAP operations and the HL7 / database-view field mappings.
+loop types (group standards and campus versions) with one table each of their nodes, standard minutes and
+the data fields each node expects in the event's `data`, the event fields, result codes, the current
+interface dictionary rows, the SOAP operations and the HL7 / database-view field mappings.
 """
 
 from __future__ import annotations
@@ -77,6 +78,35 @@ def _shade(cell: Any, color: str) -> None:
     tc_pr.append(shd)
 
 
+NODE_HEADER = ("序号", "节点标识", "节点名称", "标准用时（分钟）", "数据字段（data 键）", "字段名称", "数据格式", "必填")
+
+
+def _node_table(doc: Any, nodes: list[dict[str, Any]], field_types: dict[str, str]):
+    """One row per data field of each node (a node without fields gets one row of "—"); the node's own
+    columns are merged down its field rows."""
+    rows: list[tuple[Any, ...]] = []
+    spans: list[tuple[int, int]] = []  # (first row, last row) of each node, 1-based under the header
+    for j, n in enumerate(nodes, start=1):
+        first = len(rows) + 1
+        node = (j, n["key"], n["name"], n["standard_minutes"])
+        fields = n.get("fields") or []
+        if not fields:
+            rows.append((*node, "—", "—", "—", "—"))
+        for k, f in enumerate(fields):
+            rows.append((*(node if k == 0 else ("", "", "", "")), f["key"], f["name"],
+                         field_types.get(f["type"], f["type"]), "是" if f["required"] else "否"))
+        spans.append((first, len(rows)))
+    table = _table(doc, NODE_HEADER, rows, (1.1, 2.6, 2.8, 1.7, 2.6, 2.6, 1.5, 1.1))
+    for first, last in spans:
+        if last > first:
+            for col in range(4):
+                merged = table.cell(first, col).merge(table.cell(last, col))
+                for extra in merged.paragraphs[1:]:  # the blank cells' paragraphs that merging appends
+                    if not extra.text:
+                        extra._element.getparent().remove(extra._element)
+    return table
+
+
 def build(*, loop_types: list[dict[str, Any]], event_fields: list[dict[str, Any]],
           result_codes: list[tuple[str, str]], http_codes: list[tuple[str, str]],
           mappings: list[dict[str, Any]], mapping_kinds: dict[str, str] | None = None,
@@ -84,8 +114,12 @@ def build(*, loop_types: list[dict[str, Any]], event_fields: list[dict[str, Any]
           soap_operations: list[dict[str, Any]], soap_fields: list[tuple[str, str, bool]],
           soap_faults: dict[str, str], soap_url: str,
           hl7_fields: list[tuple[str, str, str]], db_options: list[tuple[str, str]],
-          reserved_nodes: dict[str, str], generated_at: datetime, hospital: str = "") -> bytes:
-    """The interface dictionary as a .docx file (bytes)."""
+          reserved_nodes: dict[str, str], generated_at: datetime, hospital: str = "",
+          campus_versions: list[dict[str, Any]] | None = None, field_types: dict[str, str] | None = None,
+          field_required_note: str = "") -> bytes:
+    """The interface dictionary as a .docx file (bytes). `loop_types` are the group standards and
+    `campus_versions` the campus versions in force (with `campus` and `campus_name`), both shaped like
+    GET /api/v1/loop-types (nodes with `fields`); `field_types` gives the Chinese name of each data format."""
     doc = Document()
     _setup(doc)
     doc.add_heading(f"{hospital}医疗流程闭环管理系统 接口字典".strip(), level=0)
@@ -111,14 +145,19 @@ def build(*, loop_types: list[dict[str, Any]], event_fields: list[dict[str, Any]
     doc.add_heading("三、闭环类型与节点", level=1)
     doc.add_paragraph("order_type 填闭环类型标识（或接口字典中映射的来源编码），node 填节点标识（或映射的状态码）。"
                       "标准用时为自上一节点起的分钟数，用于计算偏差与及时率。")
+    doc.add_paragraph("数据字段：完成该节点的事件在 data 中携带的采集字段，数据格式为"
+                      + "、".join(f"{k}（{v}）" for k, v in (field_types or {}).items())
+                      + (f"。{field_required_note}。" if field_required_note else "。")
+                      + "各院区可有自己的版本" + ("（见本节末尾）" if campus_versions else "")
+                      + "，GET /api/v1/loop-types?campus=院区编码 返回该院区在用的节点与字段。")
     doc.add_paragraph("保留节点：" + "；".join(f"{k}（{v}）" for k, v in reserved_nodes.items()))
-    for i, lt in enumerate(loop_types, start=1):
-        doc.add_heading(f"3.{i} {lt['name']}闭环（{lt['key']}）", level=2)
+    numbered = [(lt, "") for lt in loop_types] + [
+        (lt, f" · {lt.get('campus_name') or lt['campus']}版本（campus={lt['campus']}）") for lt in campus_versions or []]
+    for i, (lt, where) in enumerate(numbered, start=1):
+        doc.add_heading(f"3.{i} {lt['name']}闭环（{lt['key']}）{where}", level=2)
         doc.add_paragraph(f"医嘱类别：{lt.get('order_category') or '—'}；缺环等待时长：{lt.get('grace_minutes')} 分钟；"
                           f"节点数：{len(lt['nodes'])}")
-        _table(doc, ("序号", "节点标识", "节点名称", "标准用时（分钟）"),
-               [(j, n["key"], n["name"], n["standard_minutes"]) for j, n in enumerate(lt["nodes"], start=1)],
-               (1.5, 4.5, 6, 3))
+        _node_table(doc, lt["nodes"], field_types or {})
 
     doc.add_heading("四、事件字段（REST/JSON）", level=1)
     _table(doc, ("字段", "类型", "必填", "说明", "示例"),

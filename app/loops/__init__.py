@@ -15,6 +15,7 @@ def register(app):
     app.register_blueprint(api.bp)
     EXTRA_LOADERS.setdefault("闭环类型", services.seed_loop_types)
     register_job("loops.apply", tasks.sweep)
+    tasks.register_cli(app)
     here = Path(__file__).parent
     for name in FEATURES:
         if (here / f"{name}.py").exists():

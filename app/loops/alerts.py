@@ -1,4 +1,5 @@
-"""风险预警 (seed 003 §二.2(4)): alerts on closed loops, raised by the applier (缺环, 环节异常) and by a periodic
+"""风险预警 (seed 003 §二.2(4)): alerts on closed loops, raised by the applier (缺环, 环节异常, 质控不合格 = a
+completed node breaking its configured data-field / QC rules, seed 003 §二.3) and by a periodic
 scan (节点超时, 闭环停滞, 危急值未及时处置 → escalated to the department head and 医务处), delivered in-app to
 the responsible department, handled on the alerts page (confirm as 风险事件 or dismiss, with a reason), and
 counted into the alert rate = confirmed / all, by type.
@@ -50,10 +51,11 @@ class AlertKind(StrEnum):
     ABNORMAL = "abnormal"
     STALLED = "stalled"
     CRITICAL_UNACKED = "critical_unacked"
+    QC = "qc"
 
 
 ALERT_KIND_LABELS = {"overdue": "节点超时", "skipped": "缺环", "abnormal": "环节异常", "stalled": "闭环停滞",
-                     "critical_unacked": "危急值未及时处置"}
+                     "critical_unacked": "危急值未及时处置", "qc": "质控不合格"}
 
 
 class AlertStatus(StrEnum):
@@ -79,7 +81,7 @@ class LoopAlert(Model):
     order_no: Mapped[str] = mapped_column(String(64), index=True, comment="医嘱号")
     loop_type_key: Mapped[str] = mapped_column(String(64), comment="闭环类型")
     kind: Mapped[str] = mapped_column(String(24), index=True,
-                                      comment="类型：overdue 节点超时/skipped 缺环/abnormal 异常/stalled 停滞/critical_unacked 危急值未处置")
+                                      comment="类型：overdue 节点超时/skipped 缺环/abnormal 异常/stalled 停滞/critical_unacked 危急值未处置/qc 质控不合格")
     node_key: Mapped[str] = mapped_column(String(64), default="", comment="节点标识（无具体节点时为空串）")
     node_name: Mapped[str | None] = mapped_column(String(64), comment="节点名称")
     message: Mapped[str] = mapped_column(String(500), comment="告警内容")
@@ -200,9 +202,10 @@ def escalate(*, alert: LoopAlert, order: LoopOrder, now: datetime | None = None)
 
 
 def on_applier_alerts(*, order: LoopOrder, alerts: list[tuple[str, str | None, str]]) -> None:
-    """ALERT_HOOKS entry: the applier found skipped or abnormal nodes while applying an order's events."""
+    """ALERT_HOOKS entry: the applier found skipped or abnormal nodes, or nodes failing their QC rules, while
+    applying an order's events."""
     for kind, node_key, message in alerts:
-        if kind in (AlertKind.SKIPPED, AlertKind.ABNORMAL):
+        if kind in (AlertKind.SKIPPED, AlertKind.ABNORMAL, AlertKind.QC):
             raise_alert(order=order, kind=kind, node_key=node_key, message=message)
 
 

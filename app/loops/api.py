@@ -15,7 +15,8 @@ bp = Blueprint("loops_api", __name__, url_prefix="/api/v1")
 @bp.get("/loop-types")
 @api_auth("loops.view")
 def loop_types():
-    return {"loop_types": services.loop_types_out()}
+    """Loop types with their nodes and data fields; ?campus=<code> for the versions in force at a campus."""
+    return {"loop_types": services.loop_types_out(request.args.get("campus"))}
 
 
 @bp.post("/loop-events")

@@ -12,7 +12,9 @@ Invariants:
   version (and the node states) they started with, new orders use the new one;
 - every change (nodes, activation, copies, dictionary rows) leaves an audit record with before/after;
   dictionary rows are configuration and may be deleted, never without that record;
-- after any change the loop-type and dictionary caches of app.loops.services are dropped.
+- after any change the loop-type and dictionary caches of app.loops.services are dropped;
+- a node's data fields and QC rules take effect on the events applied after the change (compiled by
+  app.loops.qc, checked by the applier when the node is completed; other processes within the cache TTL).
 
 The first half holds the services (keyword-only, flush, never commit); the pages follow.
 """
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from io import BytesIO
 from typing import Any
 
@@ -41,6 +42,7 @@ from app.loops import bpmn
 from app.loops import services as loops
 from app.loops.catalog import RESERVED_NODES, NodeDef
 from app.loops.models import InterfaceMapping, LoopNode, LoopOrder, LoopType, OrderStatus
+from app.loops.qc import FIELD_TYPES, compile_node
 from app.workflow import services as wf
 
 AUDIT_LABELS = {
@@ -63,8 +65,6 @@ MAX_FIELDS = 30
 MAX_MINUTES = 100000
 MAX_GRACE = 10080  # a week
 
-FIELD_TYPES = {"string": "文本", "integer": "整数", "number": "数值", "boolean": "是/否", "date": "日期",
-               "datetime": "日期时间"}
 KIND_LABELS = {"order_type": "医嘱类型", "node": "节点状态码（所有闭环）", "dept": "科室编码"}
 MAPPING_COLUMNS = [("source", "来源系统"), ("kind", "类别"), ("code", "外部编码"), ("target", "对应编码"),
                    ("note", "说明")]
@@ -307,52 +307,15 @@ def _clean_qc(raw: Any, p: str, where: str, errors: dict[str, str]) -> dict[str,
     return qc
 
 
-def _check_value(ftype: str, value: Any) -> bool:
-    if ftype == "string":
-        return isinstance(value, str | int | float) and not isinstance(value, bool)
-    if ftype == "integer":
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()) is not None)
-    if ftype == "number":
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return True
-        try:
-            float(str(value))
-        except ValueError:
-            return False
-        return True
-    if ftype == "boolean":
-        return isinstance(value, bool) or str(value).lower() in ("true", "false", "1", "0", "是", "否")
-    if ftype in ("date", "datetime"):
-        try:
-            datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            return False
-        return ftype == "datetime" or len(str(value)) == 10
-    return True
-
-
 def evaluate_qc(*, node: LoopNode, data: dict[str, Any] | None, operator_id: str | None,
                 minutes_since_previous: int | None) -> list[str]:
     """Quality findings (Chinese, one per broken rule) for one node occurrence against its configured data
-    fields and QC rules. Pure: for the alerting and dashboard modules."""
-    data = data or {}
-    rules = node.qc_rules or {}
-    findings = []
-    limit = rules.get("max_minutes")
-    if limit is not None and minutes_since_previous is not None and minutes_since_previous > limit:
-        findings.append(f"{node.name}距上一节点 {minutes_since_previous} 分钟，超过质控上限 {limit} 分钟")
-    if rules.get("operator_required") and not operator_id:
-        findings.append(f"{node.name}未记录操作人")
-    for f in node.required_fields or []:
-        label = f.get("label") or f["name"]
-        value = data.get(f["name"])
-        if value in (None, ""):
-            if f.get("required") and rules.get("require_fields"):
-                findings.append(f"{node.name}缺少必填字段「{label}」")
-        elif not _check_value(f.get("type", "string"), value):
-            findings.append(f"{node.name}字段「{label}」不是{FIELD_TYPES.get(f.get('type', 'string'), '')}格式")
-    return findings
+    fields and QC rules. Pure. The applier uses the same rules precompiled per loop-type version
+    (app.loops.services.node_qc)."""
+    compiled = compile_node(name=node.name, required_fields=node.required_fields, qc_rules=node.qc_rules)
+    if compiled is None:
+        return []
+    return compiled.findings(data=data, operator_id=operator_id, minutes_since_previous=minutes_since_previous)
 
 
 # ================================================================ services: changing loop types

@@ -24,12 +24,17 @@ from sqlalchemy import select
 
 from app.auth.access import api_auth, require
 from app.db import db, utcnow
+from app.loops.qc import FIELD_TYPES
 
 bp = Blueprint("loops_docs", __name__)
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0"
+
+# what `required` of a node's data field means to a source system (API, docs page and Word dictionary)
+FIELD_REQUIRED_NOTE = ("是否必填：必填字段应随完成该节点的事件在 data 中提交；节点开启质控规则「必填字段须齐全」时，"
+                       "缺少必填字段或格式不符会记为质控问题并告警，事件仍照常应用")
 
 # ---------------------------------------------------------------- the event contract (single source)
 
@@ -52,7 +57,8 @@ EVENT_FIELDS: list[tuple[str, str, bool, str, Any, int | None]] = [
     ("dept", "string", False, "科室编码（来源系统编码，按科室 HIS 编码对应到本系统科室）", "1001", 32),
     ("campus", "string", False, "院区编码", "HQ", 32),
     ("terminal", "string", False, "终端（工作站/PDA 标识），用于按终端追溯", "PDA-GS-03", 128),
-    ("data", "object", False, "节点数据（JSON 对象）：节点要求的采集字段（如 sample_no 标本号）；cancelled/abnormal 时 reason 为原因",
+    ("data", "object", False, "节点数据（JSON 对象）：节点要求的采集字段（如 sample_no 标本号；各节点的字段见 GET "
+     "/api/v1/loop-types 的 nodes[].fields 与接口字典第三节）；cancelled/abnormal 时 reason 为原因",
      {"sample_no": "S20261120001"}, None),
 ]
 
@@ -166,15 +172,29 @@ def components() -> dict[str, Any]:
                                "accepted": {"type": "integer", "description": "已接收条数"},
                                "duplicate": {"type": "integer", "description": "重复条数"},
                                "rejected": {"type": "integer", "description": "拒绝条数"}}},
+            "LoopFieldDef": {
+                "type": "object", "description": "节点数据字段（事件 data 中应携带的采集字段，按院区/闭环版本配置）",
+                "required": ["key", "name", "type", "required"],
+                "properties": {"key": {"type": "string", "description": "字段名：事件 data 中的键"},
+                               "name": {"type": "string", "description": "字段中文名称"},
+                               "type": {"type": "string", "enum": list(FIELD_TYPES),
+                                        "description": "数据格式：" + " / ".join(f"{k} {v}" for k, v in
+                                                                            FIELD_TYPES.items())},
+                               "required": {"type": "boolean", "description": FIELD_REQUIRED_NOTE}}},
             "LoopNodeDef": {"type": "object", "description": "闭环节点定义",
+                            "required": ["key", "name", "standard_minutes", "fields"],
                             "properties": {"key": {"type": "string", "description": "节点标识（事件 node 取值）"},
                                            "name": {"type": "string", "description": "节点名称"},
                                            "standard_minutes": {"type": "integer",
-                                                                "description": "标准用时（分钟，自上一节点起）"}}},
-            "LoopType": {"type": "object", "description": "闭环类型（集团标准）",
+                                                                "description": "标准用时（分钟，自上一节点起）"},
+                                           "fields": {"type": "array", "description": "该节点的数据字段（未配置时为空数组）",
+                                                      "items": {"$ref": "#/components/schemas/LoopFieldDef"}}}},
+            "LoopType": {"type": "object", "description": "闭环类型（集团标准，或指定院区时该院区在用的版本）",
+                         "required": ["key", "name", "nodes"],
                          "properties": {"key": {"type": "string", "description": "闭环类型标识（事件 order_type 取值）"},
                                         "name": {"type": "string", "description": "闭环名称"},
                                         "order_category": {"type": "string", "description": "医嘱类别（药品/检验/检查/手术…）"},
+                                        "campus": _nullable("string", "院区版本所属院区编码；空为集团标准"),
                                         "grace_minutes": {"type": "integer", "description": "缺环等待时长（分钟）"},
                                         "nodes": {"type": "array", "description": "节点（按顺序）",
                                                   "items": {"$ref": "#/components/schemas/LoopNodeDef"}}}},
@@ -183,6 +203,8 @@ def components() -> dict[str, Any]:
                                                                 "items": {"$ref": "#/components/schemas/LoopType"}}}},
             "OrderLoopNode": {
                 "type": "object", "description": "医嘱闭环中的一个节点",
+                "required": ["key", "name", "status", "occurred_at", "operator", "minutes_since_previous",
+                             "standard_minutes"],
                 "properties": {
                     "key": {"type": "string", "description": "节点标识"},
                     "name": {"type": "string", "description": "节点名称"},
@@ -194,9 +216,14 @@ def components() -> dict[str, Any]:
                     "minutes_since_previous": _nullable("integer", "距上一节点用时（分钟）"),
                     "standard_minutes": _nullable("integer", "标准用时（分钟）"),
                     "deviation_minutes": _nullable("integer", "偏差（实际-标准，分钟；正数为超时）"),
-                    "note": _nullable("string", "说明（异常原因、缺环说明）")}},
+                    "note": _nullable("string", "说明（异常原因、缺环说明）"),
+                    "qc": {"type": "array", "items": {"type": "string"},
+                           "description": "质控问题（仅在节点完成时不符合配置的数据字段或质控规则时出现）：缺少必填字段、"
+                                          "字段格式不符、未记录操作人、距上一节点超过质控上限等，每条一句中文说明。"
+                                          "事件照常应用，同时产生「质控不合格」告警"}}},
             "OrderLoop": {
                 "type": "object", "description": "一条医嘱的闭环",
+                "required": ["order_no", "loop_type", "status", "nodes"],
                 "properties": {
                     "order_no": {"type": "string", "description": "医嘱号"},
                     "loop_type": {"type": "string", "description": "闭环类型标识"},
@@ -212,7 +239,7 @@ def components() -> dict[str, Any]:
                     "ended_at": _nullable("string", "闭环或中断时间", format="date-time"),
                     "interrupted_node": _nullable("string", "中断时所在节点"),
                     "pending_events": {"type": "boolean", "description": "是否还有待应用的事件"},
-                    "nodes": {"type": "array", "description": "节点（按顺序）",
+                    "nodes": {"type": "array", "description": "节点（按闭环顺序）",
                               "items": {"$ref": "#/components/schemas/OrderLoopNode"}}}},
             "Error": {"type": "object", "description": "错误",
                       "properties": {"error": {"type": "object", "description": "错误信息", "properties": {
@@ -236,15 +263,25 @@ def loop_paths() -> dict[str, Any]:
     return {
         "/api/v1/loop-types": {"get": {
             "operationId": "listLoopTypes", "tags": ["闭环"], "summary": "闭环类型与节点",
-            "description": "返回集团标准的闭环类型及其节点（节点标识、名称、标准用时），供来源系统对照 order_type 与 node 取值。"
-                           "登录用户需权限「查看闭环」。",
+            "description": "返回启用的闭环类型及其节点（按闭环顺序：节点标识、名称、标准用时、数据字段），供来源系统对照 "
+                           "order_type、node 与事件 data 的取值。节点的数据字段（字段名、中文名称、数据格式、是否必填）"
+                           "按院区/闭环版本配置：不带参数返回集团标准，带 campus 返回该院区在用的版本（有院区版本的用院区版本，"
+                           "其余为集团标准），与事件受理时使用的版本一致。登录用户需权限「查看闭环」。",
             "security": SECURITY,
+            "parameters": [{"name": "campus", "in": "query", "required": False,
+                            "description": "院区编码（事件的 campus 取值）；不填返回集团标准",
+                            "schema": {"type": "string"}, "example": "HQ"}],
             "responses": {"200": {"description": "闭环类型列表", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/LoopTypesResponse"},
-                "example": {"loop_types": [{"key": "lab", "name": "检验", "order_category": "检验", "grace_minutes": 5,
-                                            "nodes": [{"key": "request", "name": "检验申请", "standard_minutes": 0},
-                                                      {"key": "senior_review", "name": "上级医师审核",
-                                                       "standard_minutes": 30}]}]}}}},
+                "example": {"loop_types": [{
+                    "key": "lab", "name": "检验", "order_category": "检验", "campus": None, "grace_minutes": 5,
+                    "nodes": [{"key": "request", "name": "检验申请", "standard_minutes": 0, "fields": []},
+                              {"key": "collect", "name": "采集标本", "standard_minutes": 30,
+                               "fields": [{"key": "sample_no", "name": "检验样本编号", "type": "string",
+                                           "required": True},
+                                          {"key": "volume", "name": "标本量（ml）", "type": "number",
+                                           "required": False}]}]}]}}}},
+                          "400": _err("院区编码不存在（error.errors[0].path 为 campus）"),
                           "401": _err("未提供或无效的接口令牌")}}},
         "/api/v1/loop-events": {"post": {
             "operationId": "submitLoopEvents", "tags": ["闭环"], "summary": "批量提交闭环事件",
@@ -271,7 +308,8 @@ def loop_paths() -> dict[str, Any]:
                 "401": _err("未提供或无效的接口令牌"), "403": _err("登录用户无「闭环配置」权限")}}},
         "/api/v1/orders/{order_no}/loop": {"get": {
             "operationId": "getOrderLoop", "tags": ["闭环"], "summary": "查询医嘱闭环",
-            "description": "返回一条医嘱的闭环：状态、各节点状态、时间、操作人、距上一节点用时、标准用时与偏差。",
+            "description": "返回一条医嘱的闭环：状态、各节点状态、时间、操作人、距上一节点用时、标准用时与偏差；"
+                           "节点不符合其数据字段或质控规则时另含 qc（质控问题列表）。",
             "security": SECURITY,
             "parameters": [{"name": "order_no", "in": "path", "required": True, "description": "医嘱号",
                             "schema": {"type": "string"}, "example": "O202611200001"}],
@@ -286,7 +324,12 @@ def loop_paths() -> dict[str, Any]:
                                        "occurred_at": "2026-11-20T00:00:00+00:00",
                                        "operator": {"id": "D1002", "name": "陈医生"}, "minutes_since_previous": None,
                                        "standard_minutes": 0, "deviation_minutes": None, "note": None},
-                                      {"key": "senior_review", "name": "上级医师审核", "status": "current",
+                                      {"key": "senior_review", "name": "上级医师审核", "status": "done",
+                                       "occurred_at": "2026-11-20T00:50:00+00:00",
+                                       "operator": {"id": "D1001", "name": "王主任"}, "minutes_since_previous": 50,
+                                       "standard_minutes": 30, "deviation_minutes": 20, "note": None,
+                                       "qc": ["上级医师审核距上一节点 50 分钟，超过质控上限 45 分钟"]},
+                                      {"key": "nurse_check", "name": "护士核对执行医嘱", "status": "current",
                                        "occurred_at": None, "operator": None, "minutes_since_previous": None,
                                        "standard_minutes": 30, "deviation_minutes": None, "note": None}]}}}},
                 "401": _err("未提供或无效的接口令牌"), "404": _err("未找到该医嘱的闭环记录")}}},
@@ -499,7 +542,7 @@ PAGE = """{% extends "base.html" %}
   <h2><span class="status">{{ s.method }}</span> <code>{{ s.path }}</code> · {{ s.summary }}</h2>
   <p>{{ s.description }}</p>
   {% if s.params %}
-  <h3>路径参数</h3>
+  <h3>参数</h3>
   <table class="grid"><tr><th>参数</th><th>位置</th><th>类型</th><th>必填</th><th>说明</th></tr>
   {% for p in s.params %}<tr><td><code>{{ p.name }}</code></td><td>{{ p['in'] }}</td><td>{{ p.schema.type }}</td><td>{{ '是' if p.required else '否' }}</td><td>{{ p.description }}</td></tr>{% endfor %}
   </table>
@@ -539,12 +582,15 @@ PAGE = """{% extends "base.html" %}
 <div class="card" id="loop-types">
   <h2>闭环类型与节点</h2>
   {% if not loop_types %}<div class="empty">尚未配置闭环类型</div>{% endif %}
-  {% for lt in loop_types %}
-  <h3>{{ lt.name }}闭环 <code>{{ lt.key }}</code> <span class="muted">{{ lt.order_category }} · 缺环等待 {{ lt.grace_minutes }} 分钟</span></h3>
-  <table class="grid"><tr><th>序号</th><th>节点标识（node）</th><th>节点名称</th><th>标准用时（分钟）</th></tr>
-  {% for n in lt.nodes %}<tr><td>{{ loop.index }}</td><td><code>{{ n.key }}</code></td><td>{{ n.name }}</td><td>{{ n.standard_minutes }}</td></tr>{% endfor %}
+  {% for lt in loop_types + campus_versions %}
+  <h3>{{ lt.name }}闭环 <code>{{ lt.key }}</code>{% if lt.campus %}（{{ lt.campus_name }}版本，<code>campus={{ lt.campus }}</code>）{% endif %} <span class="muted">{{ lt.order_category }} · 缺环等待 {{ lt.grace_minutes }} 分钟</span></h3>
+  <table class="grid"><tr><th>序号</th><th>节点标识（node）</th><th>节点名称</th><th>标准用时（分钟）</th><th>数据字段（data）</th></tr>
+  {% for n in lt.nodes %}<tr><td>{{ loop.index }}</td><td><code>{{ n.key }}</code></td><td>{{ n.name }}</td><td>{{ n.standard_minutes }}</td>
+    <td>{% for f in n.fields %}<code>{{ f.key }}</code> {{ f.name }}（{{ field_types.get(f.type, f.type) }}，{{ '必填' if f.required else '可选' }}）{% if not loop.last %}<br>{% endif %}{% else %}—{% endfor %}</td></tr>{% endfor %}
   </table>
   {% endfor %}
+  <p class="hint">数据字段随完成该节点的事件放在 <code>data</code> 中提交。{{ field_required_note }}。各院区可有自己的版本：
+  <code>GET /api/v1/loop-types?campus=院区编码</code> 返回该院区在用的节点与字段。</p>
   <p class="hint">保留节点：{% for k, v in reserved.items() %}<code>{{ k }}</code> {{ v }}{% if not loop.last %}；{% endif %}{% endfor %}。来源编码的映射见「闭环配置 → 接口字典」。</p>
 </div>
 
@@ -612,7 +658,21 @@ def page():
         PAGE, sections=page_sections(spec), base=request.host_url, soap_url=request.host_url.rstrip("/") + soap_loops.MOUNT,
         soap_ops=soap_loops.OPERATIONS, soap_fields=soap_loops.EVENT_FIELDS, soap_faults=soap_loops.FAULTS,
         hl7_fields=hl7_mllp.FIELD_MAP, db_options=DB_OPTIONS, result_codes=RESULT_CODES, http_codes=HTTP_CODES,
-        loop_types=services.loop_types_out(), reserved=RESERVED_NODES, cursors=db_pull.cursors())
+        loop_types=services.loop_types_out(), campus_versions=campus_versions(), field_types=FIELD_TYPES,
+        field_required_note=FIELD_REQUIRED_NOTE, reserved=RESERVED_NODES, cursors=db_pull.cursors())
+
+
+def campus_versions() -> list[dict[str, Any]]:
+    """The campus versions in force (loop_types_out(campus) entries that are not the group standard), each
+    with campus_name, by campus code then loop type."""
+    from app.auth.models import Campus
+    from app.loops import services
+    from app.loops.models import LoopType
+
+    campuses = db.session.execute(select(Campus.code, Campus.name).join(LoopType, LoopType.campus_id == Campus.id)
+                                  .where(LoopType.is_active.is_(True)).distinct().order_by(Campus.code)).all()
+    return [{**lt, "campus_name": name} for code, name in campuses
+            for lt in services.loop_types_out(code) if lt["campus"]]
 
 
 def dictionary_docx(*, soap_url: str) -> bytes:
@@ -633,11 +693,12 @@ def dictionary_docx(*, soap_url: str) -> bytes:
         fields.append({"name": name, "type": typ + (f"({max_len})" if max_len else ""), "required": req,
                        "description": desc,
                        "example": json.dumps(example, ensure_ascii=False) if isinstance(example, dict) else example})
-    rest = [("GET", "/api/v1/loop-types", "令牌 / 查看闭环", "闭环类型与节点"),
+    rest = [("GET", "/api/v1/loop-types", "令牌 / 查看闭环", "闭环类型、节点与数据字段（?campus=院区编码 取该院区版本）"),
             ("POST", "/api/v1/loop-events", "令牌 / 闭环配置", "批量提交闭环事件（≤1000）"),
             ("GET", "/api/v1/orders/{order_no}/loop", "令牌 / 查看闭环", "查询医嘱闭环"),
             ("GET", "/api/v1/openapi.json", "令牌 / 查看闭环", "OpenAPI 3.1 接口描述")]
-    return build(loop_types=services.loop_types_out(), event_fields=fields, result_codes=RESULT_CODES,
+    return build(loop_types=services.loop_types_out(), campus_versions=campus_versions(), field_types=FIELD_TYPES,
+                 field_required_note=FIELD_REQUIRED_NOTE, event_fields=fields, result_codes=RESULT_CODES,
                  http_codes=HTTP_CODES, mappings=mappings, mapping_kinds=MAPPING_KINDS, rest_endpoints=rest,
                  soap_operations=soap_loops.OPERATIONS, soap_fields=soap_loops.EVENT_FIELDS,
                  soap_faults=soap_loops.FAULTS, soap_url=soap_url, hl7_fields=hl7_mllp.FIELD_MAP,

@@ -152,6 +152,8 @@ class LoopNodeState(Model):
     deviation_minutes: Mapped[int | None] = mapped_column(comment="偏差（实际-标准，分钟）")
     note: Mapped[str | None] = mapped_column(Text, comment="说明（异常原因、缺环说明）")
     event_id: Mapped[int | None] = mapped_column(BigId, comment="来源事件")
+    qc_findings: Mapped[list[Any] | None] = mapped_column(
+        comment="质控问题（节点完成时按数据字段与质控规则检查的中文说明；无问题为空）")
 
 
 class LoopEvent(Model):

@@ -9,16 +9,21 @@ Invariants:
 - nothing rolls a loop back: a skipped node that arrives later is kept and shown as late; an event for a
   node already done is kept as a repeat; `cancelled` ends the loop as interrupted, `abnormal` flags the
   current node and keeps the loop open;
-- the stored events are the queue: a lost wake-up only delays applying, a periodic sweep picks it up.
+- the stored events are the queue: a lost wake-up only delays applying, a periodic sweep picks it up;
+- a completed node is checked against its configured data fields and QC rules (seed 003 §二.3): findings are
+  stored on the node and raised as a 质控不合格 alert, and the event is applied all the same (a hospital feed
+  never loses a step for a missing field); the rules are compiled once per loop-type version and cached, so a
+  node without rules costs one dict lookup and no query.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from app.db import db, utcnow
 from app.loops import bpmn
@@ -34,6 +39,7 @@ from app.loops.models import (
     NodeStatus,
     OrderStatus,
 )
+from app.loops.qc import NodeQc, compile_nodes
 
 MAX_BATCH = 1000
 
@@ -83,6 +89,8 @@ def _expire_caches() -> None:
         _TYPES.clear()
         _MAPPINGS.clear()
         _ORG.clear()
+        _QC.clear()
+        _LOOP_TYPES.clear()
         _cache_born[0] = now
 
 
@@ -106,8 +114,26 @@ def type_info(key: str, campus_id: int | None = None) -> TypeInfo | None:
                         nodes=[(n.key, n.name, n.standard_minutes) for n in lt.nodes])
         info.index = {k: i for i, (k, _n, _m) in enumerate(info.nodes)}
         _TYPES[cache_key] = info
+        _QC[lt.id] = compile_nodes((n.key, n.name, n.required_fields, n.qc_rules) for n in lt.nodes)
         return info
     return None
+
+
+# compiled QC rules per loop-type version (LoopType.id): {node key: NodeQc}, only nodes that have rules
+_QC: dict[int, dict[str, NodeQc]] = {}
+
+
+def node_qc(loop_type_id: int | None) -> dict[str, NodeQc]:
+    """The compiled data-field and QC rules of a loop-type version by node key (empty: nothing to check);
+    cached with the loop definitions, so the applier queries at most once per version and cache period."""
+    if loop_type_id is None:
+        return {}
+    hit = _QC.get(loop_type_id)
+    if hit is None:  # an order on a version type_info() has not loaded (e.g. a campus version added since)
+        rows = db.session.execute(select(LoopNode.key, LoopNode.name, LoopNode.required_fields, LoopNode.qc_rules)
+                                  .where(LoopNode.loop_type_id == loop_type_id)).tuples()
+        hit = _QC[loop_type_id] = compile_nodes(rows)
+    return hit
 
 
 _NODE_KEYS: dict[str, set[str]] = {}
@@ -129,16 +155,56 @@ def invalidate_types() -> None:
     _MAPPINGS.clear()
     _ORG.clear()
     _NODE_KEYS.clear()
+    _QC.clear()
+    _LOOP_TYPES.clear()
 
 
-def loop_types_out() -> list[dict[str, Any]]:
+# GET /api/v1/loop-types answers by campus code ("" = the group standards); they expire with type_info()'s
+# caches (TTL, invalidate_types()), so the integration API reads the configuration at most once per period
+_LOOP_TYPES: dict[str, list[dict[str, Any]]] = {}
+
+
+def _fields_out(fields: Any) -> list[dict[str, Any]]:
+    """A node's configured data fields as the integration contract shows them: the key in the event's `data`,
+    the Chinese name, the data format (app.loops.qc.FIELD_TYPES) and whether the field is 必填."""
+    return [{"key": str(f["name"]), "name": str(f.get("label") or f["name"]), "type": str(f.get("type") or "string"),
+             "required": bool(f.get("required"))}
+            for f in fields or () if isinstance(f, dict) and f.get("name")]
+
+
+def loop_types_out(campus: str | None = None) -> list[dict[str, Any]]:
+    """Every active loop type with its nodes in order: key, name, standard minutes and the node's data fields.
+    Without a campus: the group standards; with a campus code: the version in force there (the campus's own
+    version where it has one, as intake uses it). Cached; callers must not modify the answer.
+    Raises ValidationFailed for an unknown campus code."""
+    from sqlalchemy import or_
+
+    from app.auth.models import Campus
+    from app.errors import ValidationFailed
+
+    _expire_caches()
+    code = (campus or "").strip()
+    hit = _LOOP_TYPES.get(code)
+    if hit is not None:
+        return hit
+    campus_id = None
+    if code:
+        campus_id = db.session.scalar(select(Campus.id).where(Campus.code == code))
+        if campus_id is None:
+            raise ValidationFailed({"campus": f"院区「{code}」不存在"}, message="查询条件有误")
+    group = LoopType.campus_id.is_(None)
+    scope = group if campus_id is None else or_(group, LoopType.campus_id == campus_id)
+    versions = db.session.scalars(select(LoopType).where(scope, LoopType.is_active.is_(True)).order_by(LoopType.id))
+    in_force: dict[str, LoopType] = {}
+    for lt in sorted(versions, key=lambda t: t.campus_id is not None):  # group first; a campus version replaces it
+        in_force[lt.key] = lt
     out = []
-    for lt in db.session.scalars(select(LoopType).where(LoopType.campus_id.is_(None), LoopType.is_active.is_(True))
-                                 .order_by(LoopType.id)):
+    for lt in in_force.values():
         out.append({"key": lt.key, "name": lt.name, "order_category": lt.order_category,
-                    "grace_minutes": lt.grace_minutes,
-                    "nodes": [{"key": n.key, "name": n.name, "standard_minutes": n.standard_minutes}
-                              for n in lt.nodes]})
+                    "campus": code if lt.campus_id is not None else None, "grace_minutes": lt.grace_minutes,
+                    "nodes": [{"key": n.key, "name": n.name, "standard_minutes": n.standard_minutes,
+                               "fields": _fields_out(n.required_fields)} for n in lt.nodes]})
+    _LOOP_TYPES[code] = out
     return out
 
 
@@ -402,14 +468,32 @@ def apply_pending(*, limit: int = 200, now: datetime | None = None) -> ApplyStat
     instances = {i.id: i for i in db.session.scalars(select(ProcessInstance).where(_in(ProcessInstance.id, ids)))} \
         if ids else {}
     hot: list[tuple[Any, Any]] = []
-    # one flush for the whole batch: no autoflush between orders
-    with db.session.no_autoflush:
+    raised: list[tuple[LoopOrder, list[tuple[str, str | None, str]]]] = []
+    if db.session.get_bind().dialect.name == "postgresql":
+        wanted = 0
         for order in orders:
-            applied, waiting = _apply_order(order, events_by_order.get(order.order_no, []), now, instances, hot)
-            stats.applied += applied
-            stats.waiting += waiting
+            if not order.instance_id and events_by_order.get(order.order_no):
+                info = type_info(order.loop_type_key, order.campus_id)
+                wanted += len(info.nodes) if info else 0
+        _batch_ids.pool = _draw_ids(wanted) if wanted else []
+    # one flush for the whole batch: no autoflush between orders
+    try:
+        with db.session.no_autoflush:
+            for order in orders:
+                applied, waiting = _apply_order(order, events_by_order.get(order.order_no, []), now, instances, hot,
+                                                raised)
+                stats.applied += applied
+                stats.waiting += waiting
+    finally:
+        _batch_ids.pool = None
     db.session.flush()
     wf.remember_headless(hot)
+    # alerts after the batch's flush (same transaction): raising one (a savepoint, its notifications) then costs
+    # only its own rows instead of flushing the half-applied batch early
+    for order, alerts in raised:
+        _raise_alerts(order, alerts)
+    if raised:
+        db.session.flush()
     return stats
 
 
@@ -444,6 +528,30 @@ def _resolve_org(order: LoopOrder) -> None:
         order.campus_id = order.campus_id or campus_id
 
 
+_batch_ids = threading.local()
+
+
+def _draw_ids(n: int) -> list[int]:
+    seq = db.session.scalar(text("select pg_get_serial_sequence('loop_node_states', 'id')"))
+    return list(db.session.scalars(text("select nextval(cast(:seq as regclass)) from generate_series(1, :n)"),
+                                   {"seq": seq, "n": n}))
+
+
+def _state_ids(n: int) -> list[int] | None:
+    """On PostgreSQL, `n` ids for new node-state rows from the ids the batch drew ahead from their sequence. With
+    the keys known, the batch's flush sends the rows as one prepared executemany instead of a multi-row
+    INSERT … RETURNING whose text (hundreds of KB per batch) the driver has to parse again every time. Ids of
+    a rolled-back batch are simply never used, as with any sequence; nothing is kept across batches."""
+    pool: list[int] | None = getattr(_batch_ids, "pool", None)
+    if pool is None:
+        return None
+    if len(pool) < n:
+        pool.extend(_draw_ids(max(n, 100)))
+    taken = pool[:n]
+    del pool[:n]
+    return taken
+
+
 def _start_loop(order: LoopOrder, info: TypeInfo) -> tuple[dict[str, LoopNodeState], Any, Any]:
     from app.workflow import services as wf
 
@@ -465,9 +573,12 @@ def _start_loop(order: LoopOrder, info: TypeInfo) -> tuple[dict[str, LoopNodeSta
     order.instance = instance
     order.loop_type_id = info.id
     states = {}
+    ids = _state_ids(len(info.nodes))
     for i, (key, name, minutes) in enumerate(info.nodes):
         st = LoopNodeState(seq=i, node_key=key, name=name, standard_minutes=minutes,
                            status=NodeStatus.CURRENT if i == 0 else NodeStatus.PENDING)
+        if ids:
+            st.id = ids[i]
         order.states.append(st)
         states[key] = st
     order.current_node = info.nodes[0][0]
@@ -475,8 +586,10 @@ def _start_loop(order: LoopOrder, info: TypeInfo) -> tuple[dict[str, LoopNodeSta
 
 
 def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime, instances: dict[int, Any],
-                 hot: list[tuple[Any, Any]]) -> tuple[int, int]:
-    """Apply one order's pending events in memory (the caller flushes the batch); returns (applied, waiting)."""
+                 hot: list[tuple[Any, Any]],
+                 raised: list[tuple[LoopOrder, list[tuple[str, str | None, str]]]]) -> tuple[int, int]:
+    """Apply one order's pending events in memory (the caller flushes the batch, then raises the alerts collected
+    in `raised`); returns (applied, waiting)."""
     from app.workflow import services as wf
 
     order.pending = False
@@ -504,6 +617,7 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime, insta
     index = {k: i for i, (k, _n, _m) in enumerate(nodes)}
     messages: list[tuple[str, dict[str, Any]]] = []
     alerts: list[tuple[str, str | None, str]] = []
+    checks = node_qc(order.loop_type_id)
     applied = 0
     remaining = list(events)
 
@@ -529,6 +643,13 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime, insta
         st.minutes_since_previous = _minutes(prev, ev.occurred_at)
         if st.minutes_since_previous is not None and st.standard_minutes is not None:
             st.deviation_minutes = st.minutes_since_previous - st.standard_minutes
+        check = checks.get(st.node_key) if checks else None
+        if check is not None:  # only nodes with configured fields or rules get here
+            findings = check.findings(data=ev.data, operator_id=ev.operator_id,
+                                      minutes_since_previous=st.minutes_since_previous)
+            st.qc_findings = findings or None
+            if findings:
+                alerts.append(("qc", st.node_key, "；".join(findings)))
 
     progress = True
     while progress and remaining:
@@ -618,7 +739,7 @@ def _apply_order(order: LoopOrder, events: list[LoopEvent], now: datetime, insta
         wf.advance_headless(instance=instance, wf=flow, messages=messages)
         hot.append((instance, flow))
     if alerts:
-        _raise_alerts(order, alerts)
+        raised.append((order, alerts))
     return applied, len(remaining)
 
 
@@ -695,5 +816,6 @@ def order_out(order: LoopOrder) -> dict[str, Any]:
             "operator": {"id": s.operator_id, "name": s.operator_name} if s.operator_id or s.operator_name else None,
             "minutes_since_previous": s.minutes_since_previous, "standard_minutes": s.standard_minutes,
             "deviation_minutes": s.deviation_minutes, "note": s.note,
+            **({"qc": list(s.qc_findings)} if s.qc_findings else {}),
         } for s in sorted(states, key=lambda s: s.seq)],
     }

@@ -233,6 +233,7 @@ class NodeCard:
     waiting: str = ""
     overdue: bool = False
     note: str = ""
+    qc: list[str] = field(default_factory=list)  # 质控问题 found when the node was completed
     links: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -281,7 +282,8 @@ def timeline(order: LoopOrder, *, show_identity: bool, now: datetime | None = No
             used=fmt_minutes(st.minutes_since_previous),
             # the first node has nothing to be measured against
             standard=fmt_minutes(st.standard_minutes) if st.standard_minutes and st.seq > 0 else "",
-            deviation=dev, deviation_kind=dev_kind, note=st.note or "", links=node_links(st),
+            deviation=dev, deviation_kind=dev_kind, note=st.note or "", qc=list(st.qc_findings or ()),
+            links=node_links(st),
         )
         if st.status in (NodeStatus.CURRENT, NodeStatus.ABNORMAL) and order.status == "in_progress" and last_time:
             waited = int((now - last_time).total_seconds() // 60)

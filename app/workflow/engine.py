@@ -332,6 +332,16 @@ def new_workflow(parsed: ParsedVersion, data: dict[str, Any]) -> BpmnWorkflow:
     return wf
 
 
+def set_data_everywhere(wf: BpmnWorkflow, data: dict[str, Any]) -> None:
+    """Put `data` on every task the workflow and its subprocesses have reached (future ones inherit it when
+    they are reached): what running from a start that carried the data gives when nothing on the way reads or
+    changes it."""
+    for w in (wf, *wf.subprocesses.values()):
+        for t in w.tasks.values():
+            if not t.has_state(TaskState.PREDICTED_MASK | TaskState.FUTURE):
+                t.data.update(data)
+
+
 def dumps(wf: BpmnWorkflow) -> str:
     return _serializer.serialize_json(wf)
 
