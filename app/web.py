@@ -18,7 +18,7 @@ NAV: list[tuple[int, str, str, str | None]] = []
 NAV_GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("工作台", ("tasks.", "workflow.mine")),
     ("医师档案", ("archives.",)),
-    ("医疗权限", ("privileges.", "privilege_admin.")),
+    ("医疗权限", ("privileges.", "privilege_admin.", "privilege_catalogue.")),
     ("医疗技术", ("technology.",)),
     ("医疗闭环", ("loop_views.search", "loop_alerts.", "loops_dashboard.", "loops_config.", "loop_views.links")),
     ("系统管理", ()),

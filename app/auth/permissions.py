@@ -67,3 +67,8 @@ ROLES["quality"][1].extend(["loops.alert_handle"])
 # physician archives (医师技术档案): department staff submit changes for their colleagues, through review
 PERMISSIONS["archives.edit"] = "代本科室人员提交档案变更（需审核的栏目经医务处审核）"
 ROLES["dept_head"][1].append("archives.edit")
+
+# 科室技术目录 (seed 000 §三.9(1)): the head keeps the own department's list, 医务处 every department's
+PERMISSIONS["privileges.dept_catalogue"] = "维护科室技术目录（科主任本科室，医务处全院）"
+ROLES["dept_head"][1].append("privileges.dept_catalogue")
+ROLES["mao"][1].append("privileges.dept_catalogue")

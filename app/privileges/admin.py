@@ -173,7 +173,7 @@ def _render_batch(*, dept_id: int | None, form: dict[str, Any], plan: services.B
 @require("privileges.manage")
 def batch():
     return _render_batch(dept_id=_int_arg("dept"), form={"user_ids": [], "item_codes": "", "reason": "",
-                                                          "valid_from": ""})
+                                                          "valid_from": "", "override_reason": ""})
 
 
 @bp.post("/batch")
@@ -182,10 +182,11 @@ def batch_submit():
     raw_dept = request.form.get("dept_id", "")
     dept_id = int(raw_dept) if raw_dept.isdigit() else None
     form = {"user_ids": request.form.getlist("user_ids"), "item_codes": request.form.get("item_codes", ""),
-            "reason": request.form.get("reason", ""), "valid_from": request.form.get("valid_from", "")}
+            "reason": request.form.get("reason", ""), "valid_from": request.form.get("valid_from", ""),
+            "override_reason": request.form.get("override_reason", "")}
     kwargs = {"viewer": current_user, "dept_id": dept_id, "user_ids": form["user_ids"],
               "item_codes": services.split_codes(form["item_codes"]), "reason": form["reason"],
-              "valid_from": form["valid_from"] or None}
+              "valid_from": form["valid_from"] or None, "override_reason": form["override_reason"] or None}
     if request.form.get("action") != "confirm":
         plan = services.plan_batch_grant(**kwargs)
         return _render_batch(dept_id=dept_id, form=form, plan=plan, errors=plan.errors,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -54,6 +55,13 @@ class PrivilegeCategory(TimestampMixin, Model):
     validity_days: Mapped[int | None] = mapped_column(comment="按天计的有效期（紧急授权等；设置时优先于年）")
     sort_order: Mapped[int] = mapped_column(default=0, comment="排序号")
     is_active: Mapped[bool] = mapped_column(default=True, comment="是否启用")
+    # eligibility defaults for the category's items (seed 000 §三.2 授权对象); an item's own rule wins
+    default_min_title: Mapped[str | None] = mapped_column(
+        String(32), comment="类别默认最低职称（如 主治医师；项目未设置时适用，空为不限）")
+    default_cert_types: Mapped[list[Any] | None] = mapped_column(
+        comment="类别默认必备证件类型编码（如 [\"practice\"] 执业证；须在档案中有未过期的该类证件）")
+    default_requires_assessment: Mapped[bool] = mapped_column(
+        default=False, comment="类别默认是否须近一个考核周期（3 年）定期考核合格")
 
     items: Mapped[list[PrivilegeItem]] = relationship(back_populates="category")
 
@@ -80,6 +88,15 @@ class PrivilegeItem(TimestampMixin, Model):
     source: Mapped[str | None] = mapped_column(String(200), comment="依据或数据来源")
     sort_order: Mapped[int] = mapped_column(default=0, comment="排序号")
     is_active: Mapped[bool] = mapped_column(default=True, comment="是否启用")
+    # structured eligibility rules (app.privileges.eligibility); None = the category's default applies
+    min_title: Mapped[str | None] = mapped_column(
+        String(32), comment="最低职称（如 主治医师，按同系列职称等级比较；空为沿用类别默认）")
+    cert_types: Mapped[list[Any] | None] = mapped_column(
+        comment="必备证件类型编码（如 [\"practice\"]；空为沿用类别默认，[] 为不要求证件）")
+    requires_assessment: Mapped[bool | None] = mapped_column(
+        comment="是否须近一个考核周期（3 年）定期考核合格（空为沿用类别默认）")
+    rules_note: Mapped[str | None] = mapped_column(
+        String(300), comment="资格规则说明（依据；演示默认规则须经医务处核定后使用）")
 
     category: Mapped[PrivilegeCategory] = relationship(back_populates="items", lazy="joined")
 
@@ -101,8 +118,12 @@ class PrivilegeApplication(TimestampMixin, Model):
     submitted_at: Mapped[datetime | None] = mapped_column(comment="提交时间")
     decided_at: Mapped[datetime | None] = mapped_column(comment="办结时间")
     final_comment: Mapped[str | None] = mapped_column(Text, comment="最终审批意见")
+    override_reason: Mapped[str | None] = mapped_column(
+        Text, comment="医务处特批理由（含资格不符项目时必填，逐项不符原因见审计日志）")
+    override_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="特批人（医务处）")
 
     applicant: Mapped[User] = relationship(foreign_keys=[applicant_id], lazy="joined")
+    override_by: Mapped[User | None] = relationship(foreign_keys=[override_by_id])
     dept: Mapped[Department | None] = relationship(lazy="joined")
     campus: Mapped[Campus | None] = relationship()
     items: Mapped[list[PrivilegeApplicationItem]] = relationship(
@@ -238,3 +259,24 @@ class PrivilegeIndexChange(Model):
     version: Mapped[int] = mapped_column(BigInteger, index=True, comment="本次变更后的版本号")
     user_id: Mapped[int | None] = mapped_column(comment="受影响的人员（为空表示目录等全局变更，须全部重载）")
     created_at: Mapped[datetime] = mapped_column(default=utcnow, comment="记录时间")
+
+
+class DeptCatalogueItem(Model):
+    """科室技术目录 (seed 000 §三.9(1)): the hospital catalogue items a department performs. A department with at
+    least one active row may only apply for / be granted those items; removal keeps the row (is_active False)."""
+
+    __tablename__ = "privilege_dept_catalogue_items"
+    __table_args__ = (UniqueConstraint("dept_id", "item_id"), {"comment": "科室技术目录（科室开展的院内目录项目）"})
+    id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
+    dept_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), index=True, comment="科室")
+    item_id: Mapped[int] = mapped_column(ForeignKey("privilege_items.id"), index=True, comment="院内目录项目")
+    is_active: Mapped[bool] = mapped_column(default=True, comment="是否在目录中（移除后为否，记录保留）")
+    added_at: Mapped[datetime] = mapped_column(default=utcnow, comment="加入日期时间")
+    added_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="加入人（空为演示数据）")
+    removed_at: Mapped[datetime | None] = mapped_column(comment="移除时间")
+    removed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="移除人")
+
+    dept: Mapped[Department] = relationship(lazy="joined")
+    item: Mapped[PrivilegeItem] = relationship(lazy="joined")
+    added_by: Mapped[User | None] = relationship(foreign_keys=[added_by_id])
+    removed_by: Mapped[User | None] = relationship(foreign_keys=[removed_by_id])

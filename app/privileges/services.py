@@ -3,6 +3,9 @@
 Invariants:
 - an application names at least one active catalogue item, and only items its applicant neither holds
   (an effective grant not yet inside the renewal window) nor has in another open application;
+- an application or batch grant only holds items its physician fits (app.privileges.eligibility: minimum title,
+  valid certificates, 定期考核, the new-tech project team for applications, the department's 科室技术目录 when
+  it has one), unless 医务处 gives an override reason, which is kept and audited per item;
 - a departed user cannot apply, and every grant of theirs stops at once (`revoke_all_for_departure`);
 - grants are only created when the flow ends with `final_decision == "approved"`; nothing is hard-deleted,
   a grant ends by changing status (expired / suspended / revoked) with who, when and why;
@@ -21,14 +24,17 @@ from sqlalchemy import Select, and_, func, or_, select
 
 from app.audit import services as audit
 from app.auth.models import Department, User
-from app.auth.services import data_scope
+from app.auth.services import data_scope, has_permission
 from app.core.timefmt import SHANGHAI
 from app.db import db, utcnow
 from app.errors import InvalidTransition, NotFound, ValidationFailed
 from app.notify import services as notify
+from app.privileges import dept_catalogue, eligibility
+from app.privileges.eligibility import Eligibility
 from app.privileges.models import (
     OPEN_APPLICATION_STATUSES,
     ApplicationStatus,
+    DeptCatalogueItem,
     Grant,
     GrantStatus,
     PrivilegeApplication,
@@ -65,8 +71,9 @@ def today() -> date:
 
 
 def catalogue_query(*, category: str | None = None, q: str | None = None, grade_level: int | None = None,
-                    active_only: bool = True) -> Select:
-    """Catalogue items filtered by category code, code/name search and grade, in catalogue order."""
+                    active_only: bool = True, dept_id: int | None = None) -> Select:
+    """Catalogue items filtered by category code, code/name search and grade, in catalogue order; with dept_id,
+    only what that department may apply for (its 科室技术目录 when it has one, plus the exempt categories)."""
     stmt = (select(PrivilegeItem).join(PrivilegeCategory, PrivilegeItem.category_id == PrivilegeCategory.id)
             .order_by(PrivilegeCategory.sort_order, PrivilegeItem.sort_order, PrivilegeItem.id))
     if active_only:
@@ -79,6 +86,10 @@ def catalogue_query(*, category: str | None = None, q: str | None = None, grade_
                               PrivilegeItem.procedure_code.ilike(like)))
     if grade_level is not None:
         stmt = stmt.where(PrivilegeItem.grade_level == grade_level)
+    if dept_id is not None and dept_catalogue.dept_item_ids(dept_id) is not None:
+        stmt = stmt.where(or_(PrivilegeCategory.code.in_(dept_catalogue.EXEMPT_CATEGORIES), PrivilegeItem.id.in_(
+            select(DeptCatalogueItem.item_id).where(DeptCatalogueItem.dept_id == dept_id,
+                                                    DeptCatalogueItem.is_active.is_(True)))))
     return stmt
 
 
@@ -123,8 +134,12 @@ def _open_applications(user_id: int, item_ids: Sequence[int]) -> dict[int, Privi
     return {item_id: application for item_id, application in rows}
 
 
-def create_application(*, applicant: User, item_ids: Sequence[int | str], reason: str) -> PrivilegeApplication:
-    """Create a draft application (audited). Raises ValidationFailed with per-field Chinese messages."""
+def create_application(*, applicant: User, item_ids: Sequence[int | str], reason: str,
+                       override_reason: str | None = None, actor: User | None = None) -> PrivilegeApplication:
+    """Create a draft application (audited). Each item must fit the applicant (app.privileges.eligibility: title,
+    certificates, 定期考核, new-tech team, department catalogue); 医务处 (`actor` with privileges.manage over the
+    applicant) may let unfit items through with `override_reason`, audited item by item. Raises ValidationFailed
+    with per-field Chinese messages; nothing is written then."""
     errors: dict[str, str] = {}
     if applicant.departed_at is not None or not applicant.is_active:
         errors["applicant"] = "离职或已停用人员不能申请医疗权限"
@@ -148,6 +163,7 @@ def create_application(*, applicant: User, item_ids: Sequence[int | str], reason
     held = _effective_grants(applicant.id, wanted, on)
     pending = _open_applications(applicant.id, wanted)
     seen: set[int] = set()
+    to_check: dict[str, PrivilegeItem] = {}  # path -> item that passed the checks above: now its eligibility
     for idx, item_id in enumerate(ids):
         if item_id is None:
             continue
@@ -165,18 +181,50 @@ def create_application(*, applicant: User, item_ids: Sequence[int | str], reason
                             + f"，到期前 {RENEWAL_WINDOW_DAYS} 天内方可申请再授权")
         elif item_id in pending:
             errors[path] = f"“{item.name}”已有审核中的申请（{pending[item_id].number}）"
+        else:
+            to_check[path] = item
         seen.add(item_id)
+    override = _override_reason(override_reason, actor=actor, holder=applicant, errors=errors)
+    unfit: dict[str, Eligibility] = {}
+    if to_check:
+        verdicts = eligibility.check_items(applicant, list(to_check.values()), on=on)
+        unfit = {path: verdicts[item.id] for path, item in to_check.items() if not verdicts[item.id].ok}
+    if override is None:
+        errors.update({path: verdict.message for path, verdict in unfit.items()})
     if errors:
         raise ValidationFailed(errors)
     application = PrivilegeApplication(applicant_id=applicant.id, dept_id=applicant.dept_id,
                                        campus_id=applicant.campus_id, reason=reason,
                                        status=ApplicationStatus.DRAFT)
     application.items = [PrivilegeApplicationItem(item_id=i) for i in wanted]
+    if unfit and override is not None and actor is not None:
+        application.override_reason, application.override_by_id = override, actor.id
     db.session.add(application)
     db.session.flush()
     audit.record(applicant, "privilege.application_created", application,
                  after={"items": [items[i].code for i in wanted], "reason": reason})
+    if unfit and override is not None:
+        audit.record(actor, "privilege.eligibility_overridden", application,
+                     after={"reason": override, "applicant_id": applicant.id,
+                            "items": [{"code": v.item.code, "name": v.item.name, "problems": v.problems}
+                                      for v in unfit.values()]})
     return application
+
+
+def _override_reason(text: str | None, *, actor: User | None, holder: User, errors: dict[str, str]) -> str | None:
+    """The office's reason to let unfit items through, when given by someone who may (privileges.manage over the
+    holder); otherwise None, with a message under `override_reason` when one was attempted."""
+    reason = (text or "").strip()
+    if not reason:
+        return None
+    if actor is None or not has_permission(actor, "privileges.manage") or not data_scope(
+            actor, "privileges.manage").allows(user_id=holder.id, dept_id=holder.dept_id, campus_id=holder.campus_id):
+        errors["override_reason"] = "只有医务处（医疗权限管理）可以特批资格不符的项目"
+        return None
+    if len(reason) > MANAGE_REASON_MAX:
+        errors["override_reason"] = f"特批理由不能超过 {MANAGE_REASON_MAX} 字"
+        return None
+    return reason
 
 
 def _in_renewal_window(grant: Grant, on: date) -> bool:
@@ -242,9 +290,11 @@ def submit_application(*, application: PrivilegeApplication, actor: User,
     return application
 
 
-def apply(*, applicant: User, item_ids: Sequence[int | str], reason: str) -> PrivilegeApplication:
+def apply(*, applicant: User, item_ids: Sequence[int | str], reason: str, override_reason: str | None = None,
+          actor: User | None = None) -> PrivilegeApplication:
     """Create and submit in one step (the 申请权限 page). Raises ValidationFailed."""
-    application = create_application(applicant=applicant, item_ids=item_ids, reason=reason)
+    application = create_application(applicant=applicant, item_ids=item_ids, reason=reason,
+                                     override_reason=override_reason, actor=actor)
     return submit_application(application=application, actor=applicant)
 
 
@@ -918,6 +968,7 @@ class BatchRow:
     status: str  # grant / renew / skip / error
     message: str
     grant: Grant | None = None
+    overridden: list[str] | None = None  # eligibility problems let through by the office's override
 
 
 @dataclass
@@ -926,6 +977,7 @@ class BatchPlan:
     errors: dict[str, str]  # field path -> message (form-level problems)
     valid_from: date | None = None
     reason: str = ""
+    override_reason: str | None = None  # 医务处特批理由: unfit rows are granted, each audited
 
     @property
     def has_errors(self) -> bool:
@@ -964,8 +1016,11 @@ def split_codes(text: str) -> list[str]:
 
 
 def plan_batch_grant(*, viewer: User, dept_id: int | None, user_ids: Sequence[int | str], item_codes: Sequence[str],
-                     reason: str, valid_from: date | str | None = None) -> BatchPlan:
-    """Validate a batch grant row by row (physician × item) without writing anything."""
+                     reason: str, valid_from: date | str | None = None,
+                     override_reason: str | None = None) -> BatchPlan:
+    """Validate a batch grant row by row (physician × item) without writing anything. A row whose physician does
+    not fit the item (app.privileges.eligibility: title, certificates, 定期考核, the department catalogue) is an
+    error, unless the office gives `override_reason`: then it is granted and marked as overridden."""
     errors: dict[str, str] = {}
     scope = data_scope(viewer, "privileges.manage")
     dept = db.session.get(Department, dept_id) if dept_id else None
@@ -1008,7 +1063,11 @@ def plan_batch_grant(*, viewer: User, dept_id: int | None, user_ids: Sequence[in
             errors["valid_from"] = "生效日期格式应为 YYYY-MM-DD"
     if start is not None and start < today():
         errors["valid_from"] = "生效日期不能早于今天"
-    plan = BatchPlan(rows=[], errors=errors, valid_from=start, reason=text)
+    override = (override_reason or "").strip() or None
+    if override and len(override) > MANAGE_REASON_MAX:
+        errors["override_reason"] = f"特批理由不能超过 {MANAGE_REASON_MAX} 字"
+        override = None
+    plan = BatchPlan(rows=[], errors=errors, valid_from=start, reason=text, override_reason=override)
     if "user_ids" in errors or "item_codes" in errors or dept is None:
         return plan
     users = {u.id: u for u in db.session.scalars(select(User).where(User.id.in_(ids)))}
@@ -1056,16 +1115,41 @@ def plan_batch_grant(*, viewer: User, dept_id: int | None, user_ids: Sequence[in
             else:
                 row.message = f"{on} 起生效，有效期至 {validity_until(item.category, on) or '长期'}"
             plan.rows.append(row)
+    _check_batch_eligibility(plan, dept_id=dept.id, on=on)
     return plan
 
 
+def _check_batch_eligibility(plan: BatchPlan, *, dept_id: int, on: date) -> None:
+    """Rows about to grant or renew: an unfit physician makes the row an error, or, with the office's override
+    reason, a grant marked as overridden. (The new-tech team rule is for applications: granting a project item to
+    people the office names is how a team is authorised.)"""
+    rows = [r for r in plan.rows if r.status in ("grant", "renew") and r.user is not None and r.item is not None]
+    if not rows:
+        return
+    users = list({r.user.id: r.user for r in rows if r.user is not None}.values())
+    items = list({r.item.id: r.item for r in rows if r.item is not None}.values())
+    verdicts = eligibility.check_matrix(users, items, on=on, dept_id=dept_id)
+    for row in rows:
+        assert row.user is not None and row.item is not None
+        verdict = verdicts[(row.user.id, row.item.id)]
+        problems = [c.message for c in verdict.checks if not c.met and c.kind != "team"]
+        if not problems:
+            continue
+        if plan.override_reason:
+            row.overridden = problems
+            row.message = f"资格不符，医务处特批（{plan.override_reason}）：{'；'.join(problems)}；{row.message}"
+        else:
+            row.status, row.message = "error", "；".join(problems)
+
+
 def batch_grant(*, viewer: User, dept_id: int | None, user_ids: Sequence[int | str], item_codes: Sequence[str],
-                reason: str, valid_from: date | str | None = None) -> BatchPlan:
+                reason: str, valid_from: date | str | None = None, override_reason: str | None = None) -> BatchPlan:
     """Grant items to several physicians of a department at once (audited, pushed to HIS, physicians notified).
     All or nothing: any row error raises BatchRejected (a ValidationFailed) with the report; skipped rows (already
-    held) are reported, not errors. Returns the plan with the created grants on its rows."""
+    held) are reported, not errors. Unfit rows need `override_reason` (each such grant is audited as an override).
+    Returns the plan with the created grants on its rows."""
     plan = plan_batch_grant(viewer=viewer, dept_id=dept_id, user_ids=user_ids, item_codes=item_codes, reason=reason,
-                            valid_from=valid_from)
+                            valid_from=valid_from, override_reason=override_reason)
     if plan.has_errors:
         raise BatchRejected(plan)
     start = plan.valid_from or today()
@@ -1092,11 +1176,17 @@ def batch_grant(*, viewer: User, dept_id: int | None, user_ids: Sequence[int | s
                      after={"user_id": grant.user_id, "item": row.item.code, "valid_from": grant.valid_from,
                             "valid_until": grant.valid_until, "batch_reason": plan.reason})
         push_grant_change(grant=grant, reason=f"批量授权：{plan.reason}")
+        if row.overridden:
+            audit.record(viewer, "privilege.eligibility_overridden", grant,
+                         after={"reason": plan.override_reason, "user_id": row.user.id, "item": row.item.code,
+                                "problems": row.overridden, "batch_reason": plan.reason})
         row.grant = grant
         granted.setdefault(row.user.id, []).append(row.item.name)
     audit.record(viewer, "privilege.batch_granted", None, entity_type="privilege_grants",
                  after={"dept_id": dept_id, "reason": plan.reason, "counts": plan.counts,
-                        "grants": [r.grant.id for r in plan.rows if r.status in ("grant", "renew") and r.grant]})
+                        "grants": [r.grant.id for r in plan.rows if r.status in ("grant", "renew") and r.grant],
+                        "override_reason": plan.override_reason,
+                        "overridden": [r.grant.id for r in plan.rows if r.overridden and r.grant]})
     for uid, names in granted.items():
         notify.notify(user_ids=[uid], title="您已获得医疗权限授权", body="授予：" + "、".join(names),
                       link="/privileges/grants", kind="result")
@@ -1387,3 +1477,194 @@ def sync_new_tech_item(*, number: str, name: str, active: bool, note: str, actor
     db.session.flush()
     audit.record(actor, "privilege.catalogue_item_synced", item, before=before, after=audit.snapshot(item))
     return item
+
+
+# ---------------------------------------------------------------- 新技术新项目转常规 (seed 000 §二.1, §三.1, §三.9)
+# A project that turns routine leaves the 新技术新项目授权 category: the office names the ordinary category (and
+# grade) it is practised under from then on, the technology gets an item of that category, and whoever held the
+# project's grant is re-granted that item before the project grant ends.
+
+# not 新技术新项目 (what it leaves), 限制类医疗技术 (the national list, with its own filing flow) or 紧急授权
+ROUTINE_CATEGORY_CODES = ("basic", "special", "invasive", "surgery", "anesthesia", "endoscopy")
+GRADED_CATEGORY_CODES = ("surgery", "anesthesia", "endoscopy")  # 手术（介入）分级、麻醉分级、内镜操作分级: 一至四级
+PROCEDURE_CATEGORY_CODES = ("surgery", "invasive")  # the check API also answers these by ICD-9-CM-3 code
+ROUTINE_CODE_PREFIXES = {"basic": "BASIC", "special": "SP", "invasive": "INV", "surgery": "SUR", "anesthesia": "ANES",
+                         "endoscopy": "ENDO"}
+NEW_TECH_ROUTINE_REASON = "已转为常规技术"
+PROCEDURE_CODE_MAX = 32
+
+AUDIT_LABELS.update({
+    "privilege.catalogue_item_synced": "同步权限目录项目",
+    "privilege.new_tech_routine": "新技术新项目转常规重新授权",
+})
+
+
+@dataclass
+class RoutineConversion:
+    item: PrivilegeItem  # the ordinary item the technology is authorised under now
+    reused: bool  # an existing catalogue item (same procedure code, or this project's own from before)
+    granted: list[Grant]
+    ended: list[Grant]
+
+
+def _routine_category(code: str | None) -> PrivilegeCategory | None:
+    if not code:
+        return None
+    return db.session.scalar(select(PrivilegeCategory).where(PrivilegeCategory.code == code))
+
+
+def _procedure_item(category: PrivilegeCategory, procedure_code: str) -> PrivilegeItem | None:
+    """The catalogue item of a category with this ICD-9-CM-3 code (active ones first), if any."""
+    return db.session.scalar(select(PrivilegeItem).where(PrivilegeItem.category_id == category.id,
+                                                         PrivilegeItem.procedure_code == procedure_code)
+                             .order_by(PrivilegeItem.is_active.desc(), PrivilegeItem.id).limit(1))
+
+
+def routine_target_errors(*, category_code: str | None, grade_level: int | None,
+                          procedure_code: str | None) -> dict[str, str]:
+    """Problems with the ordinary category chosen for a technology turning routine, keyed `category`,
+    `grade_level`, `procedure_code` (callers map them to their own field paths). Empty when acceptable."""
+    from app.privileges.catalogue import GRADE_NAMES
+
+    errors: dict[str, str] = {}
+    labels = "、".join(c.name for c in categories() if c.code in ROUTINE_CATEGORY_CODES)
+    if not category_code:
+        errors["category"] = "转为常规技术须选择常规授权类别"
+        return errors
+    category = _routine_category(category_code)
+    if category is None or category_code not in ROUTINE_CATEGORY_CODES:
+        errors["category"] = f"常规授权类别应为：{labels}"
+        return errors
+    if not category.is_active:
+        errors["category"] = f"“{category.name}”已停用，请选择其他类别"
+        return errors
+    graded = category_code in GRADED_CATEGORY_CODES
+    if graded and grade_level is None:
+        errors["grade_level"] = f"“{category.name}”须选择级别（一级至四级）"
+    elif graded and grade_level not in GRADE_NAMES:
+        errors["grade_level"] = "级别应为一级至四级"
+    if procedure_code:
+        if category_code not in PROCEDURE_CATEGORY_CODES:
+            errors["procedure_code"] = "只有手术、有创操作类别按手术操作编码授权，其他类别请留空"
+        elif len(procedure_code) > PROCEDURE_CODE_MAX or not all(ch.isascii() and (ch.isalnum() or ch in ".-")
+                                                                  for ch in procedure_code):
+            errors["procedure_code"] = "手术操作编码格式不正确（ICD-9-CM-3，如 43.1101）"
+        else:
+            existing = _procedure_item(category, procedure_code)
+            if existing is not None and not existing.is_active:
+                errors["procedure_code"] = f"目录中编码 {procedure_code} 的“{existing.name}”已停用，请先在权限目录中启用"
+            elif (existing is not None and graded and "grade_level" not in errors
+                  and existing.grade_level != grade_level):
+                errors["grade_level"] = (f"目录中编码 {procedure_code} 的“{existing.name}”为{existing.grade or '未分级'}，"
+                                         "请选择一致的级别")
+    return errors
+
+
+def _routine_item(*, number: str, name: str, category: PrivilegeCategory, grade_level: int | None,
+                  procedure_code: str | None, actor: User | str | None) -> tuple[PrivilegeItem, bool]:
+    """The ordinary item for the technology: the catalogue's item of the same procedure code when there is one,
+    else this project's own item of the category (created, or updated and re-activated). Audited."""
+    from app.privileges.catalogue import GRADE_NAMES, SURGERY_REQUIREMENTS
+
+    if procedure_code:
+        existing = _procedure_item(category, procedure_code)
+        if existing is not None and existing.is_active:
+            return existing, True
+    graded = category.code in GRADED_CATEGORY_CODES
+    level = grade_level if graded else None
+    code = f"{ROUTINE_CODE_PREFIXES[category.code]}-{number}"
+    item = db.session.scalar(select(PrivilegeItem).where(PrivilegeItem.code == code))
+    reused = item is not None
+    before = audit.snapshot(item) if item is not None else None
+    if item is None:
+        item = PrivilegeItem(code=code, sort_order=100000)
+        db.session.add(item)
+    item.category_id = category.id
+    item.category = category
+    item.name = name[:200]
+    item.grade = GRADE_NAMES[level] if level else None
+    item.grade_level = level
+    item.procedure_code = procedure_code
+    item.procedure_category = "手术" if procedure_code and category.code == "surgery" else (
+        "治疗性操作" if procedure_code else None)
+    if category.code == "surgery" and level:
+        item.requirements = f"{SURGERY_REQUIREMENTS[level]}；经科室授权考核小组考核合格"
+    else:
+        item.requirements = "经科室授权考核小组考核合格（原新技术新项目团队成员按原授权转入）"
+    item.source = f"新技术新项目 {number} 转常规"
+    item.note = f"由新技术新项目 {number} 于 {today()} 转为常规技术"
+    item.is_active = True
+    db.session.flush()
+    audit.record(actor, "privilege.catalogue_item_synced", item, before=before, after=audit.snapshot(item))
+    return item, reused
+
+
+def _move_new_tech_grants(*, number: str, old_item: PrivilegeItem, new_item: PrivilegeItem,
+                          actor: User | str | None) -> tuple[list[Grant], list[Grant]]:
+    """Grant `new_item` to every holder of an effective (or not yet started) grant of `old_item`, for the new
+    category's default period, then end every active or suspended `old_item` grant (revoke_grant). A suspended
+    holder is not re-granted; one already holding `new_item` keeps that grant. Returns (created, ended)."""
+    on = today()
+    old_grants = list(db.session.scalars(
+        select(Grant).where(Grant.item_id == old_item.id,
+                            Grant.status.in_([GrantStatus.ACTIVE.value, GrantStatus.SUSPENDED.value]))
+        .order_by(Grant.id)))
+    holding = set(db.session.scalars(select(Grant.user_id).where(
+        Grant.item_id == new_item.id, Grant.status.in_([GrantStatus.ACTIVE.value, GrantStatus.SUSPENDED.value]),
+        or_(Grant.valid_until.is_(None), Grant.valid_until >= on))))
+    created: list[tuple[Grant, Grant]] = []
+    for old in old_grants:
+        holder = old.user
+        if (old.status != GrantStatus.ACTIVE or (old.valid_until is not None and old.valid_until < on)
+                or old.user_id in holding or holder.departed_at is not None or not holder.is_active):
+            continue
+        start = max(on, old.valid_from)
+        grant = Grant(user_id=old.user_id, item_id=new_item.id, status=GrantStatus.ACTIVE, valid_from=start,
+                      valid_until=validity_until(new_item.category, start),
+                      granted_by_id=getattr(actor, "id", None), granted_at=utcnow())
+        grant.item = new_item
+        grant.user = holder
+        db.session.add(grant)
+        created.append((old, grant))
+        holding.add(old.user_id)
+    db.session.flush()
+    why = f"新技术新项目 {number} 转为常规技术，按{new_item.category.name}重新授权"
+    for old, grant in created:
+        audit.record(actor, "privilege.grant_created", grant,
+                     after={"user_id": grant.user_id, "item": new_item.code, "valid_from": grant.valid_from,
+                            "valid_until": grant.valid_until, "replaces_grant": old.id, "new_tech": number})
+        push_grant_change(grant=grant, reason=why)
+    ended = [revoke_grant(grant=old, reason=NEW_TECH_ROUTINE_REASON, actor=actor) for old in old_grants]
+    for _old, grant in created:
+        until = grant.valid_until.isoformat() if grant.valid_until else "长期"
+        notify.notify(user_ids=[grant.user_id], title=f"您已获得医疗权限授权：{new_item.name}",
+                      body=f"{why}，{grant.valid_from} 起生效，有效期至 {until}。", link="/privileges/grants",
+                      kind="result")
+    return [g for _o, g in created], ended
+
+
+def convert_new_tech_to_routine(*, number: str, name: str, category_code: str | None, grade_level: int | None,
+                                procedure_code: str | None = None,
+                                actor: User | str | None) -> RoutineConversion:
+    """转常规 (seed 000 §二.1, §三.9): authorise a new technology under an ordinary category from now on — its item
+    of that category (created or reused), the project's grant holders re-granted it, their 新技术新项目 grants ended
+    with "已转为常规技术" and the project's item retired. Every change audited and pushed to HIS (the check index
+    follows through its session events). Raises ValidationFailed keyed category / grade_level / procedure_code."""
+    procedure_code = (procedure_code or "").strip() or None
+    errors = routine_target_errors(category_code=category_code, grade_level=grade_level,
+                                   procedure_code=procedure_code)
+    if errors:
+        raise ValidationFailed(errors)
+    category = _routine_category(category_code)
+    assert category is not None
+    item, reused = _routine_item(number=number, name=name, category=category, grade_level=grade_level,
+                                 procedure_code=procedure_code, actor=actor)
+    old_item = sync_new_tech_item(number=number, name=name, active=False, actor=actor,
+                                  note=f"已转为常规技术，按{category.name}重新授权（{item.code}）")
+    granted, ended = _move_new_tech_grants(number=number, old_item=old_item, new_item=item, actor=actor)
+    audit.record(actor, "privilege.new_tech_routine", old_item,
+                 after={"new_tech": number, "routine_item": item.code, "category": category.code,
+                        "grade": item.grade, "reused": reused, "granted": [g.id for g in granted],
+                        "ended": [g.id for g in ended]})
+    db.session.flush()
+    return RoutineConversion(item=item, reused=reused, granted=granted, ended=ended)

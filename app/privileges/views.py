@@ -1,4 +1,5 @@
-"""Pages: 申请权限 (catalogue browser + selection), 我的申请, 授权查询 (+ Excel), 权限目录."""
+"""Pages: 申请权限 (catalogue browser + selection, with each item's eligibility), 我的申请, 授权查询 (+ Excel),
+权限目录, 科室技术目录 (+ Excel)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from app.auth.access import require
 from app.core.paging import paginate
 from app.db import db
 from app.errors import ValidationFailed
-from app.privileges import services
+from app.privileges import dept_catalogue, eligibility, services
 from app.privileges.models import GRANT_STATUS_LABELS, PrivilegeItem
 
 bp = Blueprint("privileges", __name__, url_prefix="/privileges")
@@ -27,10 +28,10 @@ def _int_arg(name: str) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _catalogue_page():
+def _catalogue_page(*, dept_id: int | None = None):
     stmt = services.catalogue_query(category=request.args.get("category") or None,
                                     q=(request.args.get("q") or "").strip() or None,
-                                    grade_level=_int_arg("grade"))
+                                    grade_level=_int_arg("grade"), dept_id=dept_id)
     return paginate(stmt)
 
 
@@ -48,7 +49,7 @@ def _unique_ids(values: list[str]) -> list[str]:
 
 
 def _render_apply(*, errors: list[dict[str, str]] | None = None, submitted: list[str] | None = None,
-                  reason: str = "", status: int = 200):
+                  reason: str = "", override_reason: str = "", status: int = 200):
     cart = _cart_ids()
     cart_items = {i.id: i for i in db.session.scalars(select(PrivilegeItem).where(PrivilegeItem.id.in_(cart)))}
     item_errors: dict[str, str] = {}
@@ -60,11 +61,18 @@ def _render_apply(*, errors: list[dict[str, str]] | None = None, submitted: list
             item_errors[submitted[idx] if idx < len(submitted) else path] = err["message"]
         else:
             field_errors[path] = err["message"]
+    own_only = request.args.get("mine") == "1"
+    page = _catalogue_page(dept_id=current_user.dept_id if own_only else None)
+    shown = list({i.id: i for i in [*page.items, *cart_items.values()]}.values())
+    names = eligibility.cert_type_names()
     return render_template(
-        "privileges/apply.html", page=_catalogue_page(), categories=services.categories(),
+        "privileges/apply.html", page=page, categories=services.categories(),
         grade_options=GRADE_OPTIONS, cart=[cart_items[i] for i in cart if i in cart_items],
-        item_errors=item_errors, field_errors=field_errors, reason=reason,
-        checked=set(submitted or []),
+        item_errors=item_errors, field_errors=field_errors, reason=reason, override_reason=override_reason,
+        checked=set(submitted or []), own_only=own_only,
+        verdicts=eligibility.check_items(current_user, shown, on=services.today()),
+        rule_texts={i.id: eligibility.requirements(i, cert_names=names) for i in shown},
+        has_dept_catalogue=dept_catalogue.dept_item_ids(current_user.dept_id) is not None,
     ), status
 
 
@@ -98,10 +106,13 @@ def cart():
 def submit():
     item_ids = _unique_ids(request.form.getlist("item_ids"))
     reason = request.form.get("reason") or ""
+    override_reason = request.form.get("override_reason") or ""
     try:
-        application = services.apply(applicant=current_user, item_ids=item_ids, reason=reason)
+        application = services.apply(applicant=current_user, item_ids=item_ids, reason=reason,
+                                     override_reason=override_reason, actor=current_user)
     except ValidationFailed as exc:  # nothing was written: validation runs before any insert
-        return _render_apply(errors=exc.errors, submitted=item_ids, reason=reason, status=400)
+        return _render_apply(errors=exc.errors, submitted=item_ids, reason=reason, override_reason=override_reason,
+                             status=400)
     db.session.commit()
     session.pop(CART_KEY, None)
     flash(f"申请已提交（编号 {application.number}），可在“我的权限申请”中查看审批进度", "success")
@@ -162,3 +173,92 @@ def export_grants():
 def catalogue():
     return render_template("privileges/catalogue.html", page=_catalogue_page(), categories=services.categories(),
                            grade_options=GRADE_OPTIONS)
+
+
+# ---------------------------------------------------------------- 科室技术目录 (seed 000 §三.9(1))
+
+
+def _catalogue_dept():
+    """The department being looked at: ?dept= when given, else the viewer's own (or the first in scope)."""
+    chosen = _int_arg("dept") or request.form.get("dept_id", type=int)
+    if chosen is None:
+        own = [d for d in dept_catalogue.departments(current_user) if d.id == current_user.dept_id]
+        listed = own or dept_catalogue.departments(current_user)
+        chosen = listed[0].id if listed else None
+    if chosen is None:
+        return None
+    return dept_catalogue.get_department(viewer=current_user, dept_id=chosen)
+
+
+def _dept_entries(dept_id: int):
+    return dept_catalogue.entries_query(dept_id=dept_id, q=(request.args.get("q") or "").strip() or None,
+                                        category=request.args.get("category") or None,
+                                        include_removed=request.args.get("removed") == "1")
+
+
+@bp.get("/dept-catalogue")
+@require(dept_catalogue.PERMISSION)
+def dept_catalogue_page():
+    dept = _catalogue_dept()
+    page = paginate(_dept_entries(dept.id)) if dept else None
+    return render_template("privileges/dept_catalogue.html", dept=dept, page=page, categories=services.categories(),
+                           departments=dept_catalogue.departments(current_user))
+
+
+@bp.get("/dept-catalogue/export.xlsx")
+@require(dept_catalogue.PERMISSION)
+def dept_catalogue_export():
+    dept = _catalogue_dept()
+    if dept is None:
+        raise ValidationFailed({"dept": "请选择科室"})
+    rows = db.session.scalars(_dept_entries(dept.id).limit(50000)).unique()
+    return send_file(BytesIO(dept_catalogue.workbook(rows)), as_attachment=True,
+                     download_name=f"科室技术目录_{dept.name}_{services.today().isoformat()}.xlsx",
+                     mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+
+
+def _render_dept_add(dept, *, errors: dict[str, str] | None = None, checked: list[str] | None = None,
+                     status: int = 200):
+    page = paginate(dept_catalogue.candidates_query(q=(request.args.get("q") or "").strip() or None,
+                                                    category=request.args.get("category") or None))
+    present = dept_catalogue.active_ids_among(dept.id, [i.id for i in page.items])
+    return render_template("privileges/dept_catalogue_add.html", dept=dept, page=page, present=present,
+                           categories=services.categories(), errors=errors or {}, checked=set(checked or []),
+                           departments=dept_catalogue.departments(current_user)), status
+
+
+@bp.get("/dept-catalogue/add")
+@require(dept_catalogue.PERMISSION)
+def dept_catalogue_add_page():
+    dept = _catalogue_dept()
+    if dept is None:
+        raise ValidationFailed({"dept": "请选择科室"})
+    return _render_dept_add(dept)
+
+
+@bp.post("/dept-catalogue/add")
+@require(dept_catalogue.PERMISSION)
+def dept_catalogue_add():
+    dept = _catalogue_dept()
+    if dept is None:
+        raise ValidationFailed({"dept_id": "请选择科室"})
+    item_ids = _unique_ids(request.form.getlist("item_ids"))
+    try:
+        added = dept_catalogue.add_items(viewer=current_user, dept=dept, item_ids=item_ids)
+    except ValidationFailed as exc:
+        db.session.rollback()
+        errors = {e["path"]: e["message"] for e in exc.errors}
+        return _render_dept_add(dept, errors=errors, checked=item_ids, status=400)
+    db.session.commit()
+    flash(f"已将 {len(added)} 个项目加入{dept.name}的科室技术目录", "success")
+    return redirect(url_for("privileges.dept_catalogue_page", dept=dept.id))
+
+
+@bp.post("/dept-catalogue/<int:entry_id>/remove")
+@require(dept_catalogue.PERMISSION)
+def dept_catalogue_remove(entry_id: int):
+    entry = dept_catalogue.get_entry(viewer=current_user, entry_id=entry_id)
+    dept_catalogue.remove_item(viewer=current_user, entry=entry)
+    db.session.commit()
+    flash(f"已将“{entry.item.name}”移出{entry.dept.name}的科室技术目录", "success")
+    return redirect(url_for("privileges.dept_catalogue_page", dept=entry.dept_id))

@@ -9,7 +9,9 @@ from tests.browser.conftest import shot
 
 pytestmark = pytest.mark.browser
 
-ITEM = "颅内血管经皮血管成形术"  # ICD-9-CM-3 00.6200; demo grade 4, so the committee must approve
+# ICD-9-CM-3 52.2201, in 普外科's 科室技术目录; demo grade 3 (主治医师 and above, so 陈医生 fits), so the committee
+# must approve
+ITEM = "胰腺病损切除术"
 
 
 def _work_task(page, base: str, task_name: str, fill) -> None:
@@ -28,7 +30,8 @@ def test_grant_flow_through_four_roles(new_page, live_server):
     doctor = new_page("gs_doc")
     doctor.goto(base + "/privileges/apply?q=" + ITEM)
     doctor.check(f"tr:has-text('{ITEM}') input[name=item_ids]")
-    doctor.fill("#reason", "已完成神经介入进修 6 个月，独立完成相关手术 30 例")
+    assert "✓ 主治医师及以上" in doctor.inner_text(f"tr:has-text('{ITEM}')")
+    doctor.fill("#reason", "已完成胰腺外科进修 6 个月，作为一助完成相关手术 30 例")
     shot(doctor, "grant-1-apply")
     doctor.click("#apply-form button.primary")
     doctor.wait_for_load_state()

@@ -39,13 +39,18 @@ def item(db_session) -> Callable:
 
 @pytest.fixture
 def surgery_item(db_session) -> Callable:
-    """The first catalogue surgery item of a (demo) grade."""
-    from app.privileges.models import PrivilegeCategory, PrivilegeItem
+    """The first catalogue surgery item of a (demo) grade in a demo department's 科室技术目录 (普外科 by default:
+    a department with a catalogue applies only for its items)."""
+    from app.auth.models import Department
+    from app.privileges.models import DeptCatalogueItem, PrivilegeCategory, PrivilegeItem
 
-    def _get(grade: int) -> PrivilegeItem:
+    def _get(grade: int, dept: str = "GS") -> PrivilegeItem:
+        listed = (select(DeptCatalogueItem.item_id).join(Department, DeptCatalogueItem.dept_id == Department.id)
+                  .where(Department.code == dept, DeptCatalogueItem.is_active.is_(True)))
         return db_session.scalar(
             select(PrivilegeItem).join(PrivilegeCategory)
-            .where(PrivilegeCategory.code == "surgery", PrivilegeItem.grade_level == grade)
+            .where(PrivilegeCategory.code == "surgery", PrivilegeItem.grade_level == grade,
+                   PrivilegeItem.id.in_(listed))
             .order_by(PrivilegeItem.code).limit(1))
 
     return _get

@@ -33,12 +33,12 @@ def _ready(application):
 
 
 def test_grade_4_operation_goes_through_all_three_reviews(deployed, user, surgery_item, db_session):
-    doc = user("gs_doc")
-    op = surgery_item(4)
+    doc = user("card_doc")  # 副主任医师 with a passed 定期考核: fits a grade-4 operation of 心内科's catalogue
+    op = surgery_item(4, "CARD")
     application = services.apply(applicant=doc, item_ids=[op.id], reason="开展四级手术")
     [dept] = _ready(application)
     assert (dept.spec_name, dept.role_code) == ("dept_review", "dept_group")
-    wf.complete(task_id=dept.id, actor=user("gs_head"), data={"decision": "approve", "score": 90})
+    wf.complete(task_id=dept.id, actor=user("card_head"), data={"decision": "approve", "score": 90})
     [mao] = _ready(application)
     assert mao.spec_name == "mao_review"
     wf.complete(task_id=mao.id, actor=user("mao"), data={"decision": "approve"})

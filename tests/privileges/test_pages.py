@@ -105,9 +105,9 @@ def test_context_renderer_shows_the_application(app, db_session, user, item, fak
 
     from app.privileges import flow, services
 
-    application = services.apply(applicant=user("gs_doc"), reason="手术需要",
-                                 item_ids=[item("SP-ABX-3").id, item("ANES-1").id])
+    application = services.apply(applicant=user("gs_head"), reason="手术需要",
+                                 item_ids=[item("SP-ABX-3").id, item("ENDO-1").id])
     with app.test_request_context():
         html = str(flow.render_context(SimpleNamespace(id=application.instance_id, business_key=application.number)))
-    assert "陈医生" in html and "普外科" in html and "特殊使用级" in html and "麻醉分级授权" in html
+    assert "张主任" in html and "普外科" in html and "特殊使用级" in html and "内镜诊疗技术" in html
     assert "手术需要" in html

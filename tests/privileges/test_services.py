@@ -68,20 +68,20 @@ def test_open_application_for_the_same_item_is_refused(db_session, user, item, f
 
 
 def test_submit_starts_the_flow_with_the_decision_inputs(db_session, user, item, surgery_item, fake_start, app):
-    doc = user("gs_doc")
+    doc = user("gs_head")  # 主任医师 with a passed 定期考核: fits grade-4 surgery and 特殊使用级
     op4 = surgery_item(4)
     application = services.apply(applicant=doc, reason="开展肝胆外科手术",
-                                 item_ids=[op4.id, item("SP-ABX-3").id, item("ANES-2").id])
+                                 item_ids=[op4.id, item("SP-ABX-3").id, item("ENDO-2").id])
     [call] = fake_start
     assert call["key"] == "privilege_grant" and call["business_key"] == application.number
     assert call["actor"] is doc and call["dept_id"] == doc.dept_id and call["campus_id"] == doc.campus_id
     data = call["data"]
     assert data["application_id"] == application.id
     assert data["max_surgery_grade"] == 4 and data["max_antibacterial_level"] == 3
-    assert data["max_anesthesia_grade"] == 2 and data["max_endoscopy_grade"] == 0
-    assert data["categories"] == ["anesthesia", "special", "surgery"]
+    assert data["max_anesthesia_grade"] == 0 and data["max_endoscopy_grade"] == 2
+    assert data["categories"] == ["endoscopy", "special", "surgery"]
     assert data["reminder_duration"] == f"P{app.config['REVIEW_REMINDER_DAYS']}D"
-    assert {i["code"] for i in data["items"]} == {op4.code, "SP-ABX-3", "ANES-2"}
+    assert {i["code"] for i in data["items"]} == {op4.code, "SP-ABX-3", "ENDO-2"}
     assert application.status == "in_review" and application.instance_id == 900001
     assert application.submitted_at is not None
     actions = db_session.scalars(select(AuditLog.action).where(AuditLog.entity_type == "privilege_applications",
