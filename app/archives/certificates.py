@@ -55,8 +55,12 @@ DEFAULT_TYPES: tuple[tuple[str, str, str, bool], ...] = (
     ("tcm_western", "西学中", "西学中证书,西医学习中医", False),
     ("respiratory", "呼吸治疗师", "呼吸治疗师证", True),
     ("cosmetic", "美容主诊医师", "美容主诊医师证,医疗美容主诊医师", True),
+    # nurses (《护士条例》: 护士执业资格考试 passed, then 执业注册, valid 5 years and renewed before it lapses)
+    ("nurse_qualification", "护士资格证", "护士执业资格证,护士资格证书,护士执业资格考试合格证明", False),
+    ("nurse_practice", "护士执业证书", "护士执业证,护士执业注册,护士注册证", True),
 )
 DEFAULT_REMIND_DAYS = [90, 30]
+NURSING_TITLES = ("护士", "护师", "主管护师", "副主任护师", "主任护师")
 # (type code, title or None, role code or None)
 DEFAULT_REQUIREMENTS: tuple[tuple[str, str | None, str | None], ...] = (
     ("diploma", None, "physician"),
@@ -66,6 +70,10 @@ DEFAULT_REQUIREMENTS: tuple[tuple[str, str | None, str | None], ...] = (
     ("title", "主治医师", None),
     ("title", "副主任医师", None),
     ("title", "主任医师", None),
+    # nurses by role, and by nursing title (an HR-confirmed nurse may hold another role, e.g. 科主任)
+    ("nurse_qualification", None, "nurse"),
+    ("nurse_practice", None, "nurse"),
+    *((code, title, None) for title in NURSING_TITLES for code in ("nurse_qualification", "nurse_practice")),
 )
 
 ALLOWED = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "pdf": "application/pdf"}
@@ -96,21 +104,27 @@ def max_file_bytes() -> int:
 
 
 def seed_types() -> int:
-    """Create the shipped certificate types and requirements where missing (idempotent). Returns new types."""
+    """Create the shipped certificate types and requirements where missing (idempotent): all requirements on a
+    first run, afterwards only those of types this run created (the office's edits to the others stay).
+    Returns new types."""
     have = {t.code: t for t in db.session.scalars(select(CertificateType))}
-    created = 0
+    created: set[str] = set()
     for i, (code, name, aliases, expiry) in enumerate(DEFAULT_TYPES):
         if code not in have:
             have[code] = CertificateType(code=code, name=name, aliases=aliases, has_expiry=expiry,
                                          remind_days=list(DEFAULT_REMIND_DAYS) if expiry else [], sort_order=i + 1)
             db.session.add(have[code])
-            created += 1
+            created.add(code)
     db.session.flush()
-    if not db.session.scalar(select(func.count()).select_from(CertificateRequirement)):
-        for code, title, role in DEFAULT_REQUIREMENTS:
+    first_run = not db.session.scalar(select(func.count()).select_from(CertificateRequirement))
+    added = False
+    for code, title, role in DEFAULT_REQUIREMENTS:
+        if first_run or code in created:
             db.session.add(CertificateRequirement(type_id=have[code].id, title=title, role_code=role))
+            added = True
+    if added:
         db.session.flush()
-    return created
+    return len(created)
 
 
 def certificate_types(*, active_only: bool = True) -> list[CertificateType]:
@@ -287,6 +301,9 @@ def _check_input(data: CertificateInput) -> tuple[dict[str, str], dict[str, Any]
         errors["issue_date"] = "发证日期不能晚于今天"
     if clean.get("issue_date") and clean.get("expiry_date") and clean["expiry_date"] < clean["issue_date"]:
         errors["expiry_date"] = "有效期至不能早于发证日期"
+    if ctype is not None and ctype.has_expiry and clean.get("expiry_date") is None and "expiry_date" not in errors:
+        # without the date no expiry reminder can ever be sent (seed 000 §一.2 证件提醒)
+        errors["expiry_date"] = f"{ctype.name}有有效期，请填写有效期至"
     return errors, clean
 
 
@@ -535,10 +552,52 @@ def match_type(text: str, types: list[CertificateType]) -> CertificateType | Non
     return best[1] if best else None
 
 
+# an expiry date in a batch file name: 2028-12-31, 2028.12.31, 2028年12月31日 or 20281231 (not part of a longer number)
+NAME_DATE_RE = re.compile(r"(?<!\d)(\d{4})(?:[-.年/](\d{1,2})[-.月/](\d{1,2})日?|(\d{2})(\d{2}))(?!\d)")
+
+
+def expiry_in_name(text: str) -> tuple[date | None, str | None]:
+    """The expiry date written in a batch file name (after the type), and why it cannot be used (None if fine)."""
+    m = NAME_DATE_RE.search(text)
+    if not m:
+        return None, None
+    year, month, day = m.group(1), m.group(2) or m.group(4), m.group(3) or m.group(5)
+    try:
+        return date(int(year), int(month), int(day)), None
+    except ValueError:
+        return None, f"文件名中的有效期 {m.group(0)} 不是有效的日期（如 2028-12-31）"
+
+
+def _batch_target(staff: User, ctype: CertificateType, expiry: date | None
+                  ) -> tuple[Certificate | None, str | None]:
+    """The certificate a batch file belongs to (None: create one), or why the file cannot be stored.
+
+    A type with an expiry needs the date: the file name's date picks the certificate with that date (or fills
+    one without a date; a different date is a renewed certificate, created); without a date the file goes to
+    the latest certificate only when that one has its date."""
+    mine = list(db.session.scalars(select(Certificate).where(Certificate.user_id == staff.id,
+                                                             Certificate.type_id == ctype.id,
+                                                             Certificate.is_deleted.is_(False))
+                                   .order_by(Certificate.id.desc())))
+    if not ctype.has_expiry:
+        return (mine[0] if mine else None), None
+    example = f"{staff.staff_no}_{ctype.name}_2028-12-31.pdf"
+    if expiry is not None:
+        same = [c for c in mine if c.expiry_date == expiry] or [c for c in mine if c.expiry_date is None]
+        return (same[0] if same else None), None
+    if not mine:
+        return None, f"{ctype.name}有有效期，须填写有效期至：请在文件名中注明（如 {example}），或先单个登记该证件"
+    if mine[0].expiry_date is None:
+        return None, (f"该人员的{ctype.name}尚未填写有效期至：请在文件名中注明（如 {example}），"
+                      f"或先在证件中补填有效期")
+    return mine[0], None
+
+
 def batch_upload(*, uploads: Iterable[Upload], actor: User) -> BatchResult:
-    """Attach scans named `<工号>_<证件类型>[_说明].<ext>` (or a zip of them) to each person's certificate of that
-    type (created when missing). Files that cannot be matched or stored are reported, not stored. archives.manage
-    within scope is required for every person matched; audited."""
+    """Attach scans named `<工号>_<证件类型>[_有效期][_说明].<ext>` (or a zip of them) to each person's certificate
+    of that type (created when missing). A type with an expiry needs the date: in the file name, or on the
+    certificate already registered. Files that cannot be matched or stored are reported, not stored.
+    archives.manage within scope is required for every person matched; audited."""
     if not has_permission(actor, "archives.manage"):
         raise Forbidden("没有权限：维护医师档案")
     files, problems = expand(uploads)
@@ -571,22 +630,33 @@ def batch_upload(*, uploads: Iterable[Upload], actor: User) -> BatchResult:
         if ctype is None:
             result.unmatched.append({"file": name, "reason": "无法从文件名识别证件类型（可在证件类型中维护别名）"})
             continue
-        cert = db.session.scalar(select(Certificate).where(Certificate.user_id == staff.id,
-                                                           Certificate.type_id == ctype.id,
-                                                           Certificate.is_deleted.is_(False))
-                                 .order_by(Certificate.id.desc()).limit(1))
+        expiry, problem = expiry_in_name(m.group("rest")) if ctype.has_expiry else (None, None)
+        if problem:
+            result.unmatched.append({"file": name, "reason": problem})
+            continue
+        cert, problem = _batch_target(staff, ctype, expiry)
+        if problem:
+            result.unmatched.append({"file": name, "reason": problem})
+            continue
         created = cert is None
         if cert is None:
             archives.ensure_profile(user=staff, actor=actor)
-            cert = Certificate(user_id=staff.id, type_id=ctype.id, source="batch", created_by_id=actor.id)
+            cert = Certificate(user_id=staff.id, type_id=ctype.id, source="batch", created_by_id=actor.id,
+                               expiry_date=expiry)
             db.session.add(cert)
             db.session.flush()
             audit.record(actor, "archive.certificate_created", cert, after=audit.snapshot(cert))
+        elif ctype.has_expiry and cert.expiry_date is None and expiry is not None:
+            before = audit.snapshot(cert)
+            cert.expiry_date = expiry
+            db.session.flush()
+            audit.record(actor, "archive.certificate_updated", cert, before=before, after=audit.snapshot(cert))
         stored = _store(cert, up, actor)
         touched.add(staff.id)
         result.matched.append({"file": name, "staff_no": staff.staff_no, "staff_name": staff.name,
                                "type": ctype.name, "certificate_id": cert.id, "file_id": stored.id,
-                               "created": created})
+                               "created": created,
+                               "expiry_date": cert.expiry_date.isoformat() if cert.expiry_date else None})
     audit.record(actor, "archive.certificate_batch_uploaded", None, entity_type="certificates",
                  after={"matched": len(result.matched), "unmatched": result.unmatched})
     archives.refresh_completeness(user_ids=sorted(touched))

@@ -3,7 +3,8 @@
 Invariants:
 - registering a departure cuts access at once, in one transaction: the account stops logging in (departed_at,
   is_active False), every clinical-privilege grant ends with the reason (privileges.revoke_all_for_departure,
-  which queues the change for HIS), the person's running flows are withdrawn and group tasks they held go back
+  which queues the change for HIS), so do the day-surgery qualifications and high-risk technology authorisations
+  (technology end_for_departure), the person's running flows are withdrawn and group tasks they held go back
   to their group; what was done to which task is kept on the departure for 医务处;
 - nothing is deleted: the archive stays, read-only for everyone without archives.manage;
 - a departed person comes back only through `archive_reinstatement` (医务处 → credentials committee); approval
@@ -80,11 +81,18 @@ def register_departure(*, staff: User, kind: str, departure_date: Any, reason: s
 
     grant_reason = f"人员离职（{label}，{day.isoformat()}）：{reason}"[:500]
     departure.grants_revoked = privileges.revoke_all_for_departure(user=staff, actor=actor, reason=grant_reason)
+    from app.technology.services.departure import end_for_departure
+
+    ended = end_for_departure(user=staff, reason=grant_reason, actor=actor)
+    departure.technology_revoked = ended.count
     departure.affected_tasks = _stop_open_work(staff, actor, f"{staff.name}已离职（{label}），由{actor.name}登记")
     db.session.flush()
     audit.record(actor, "archive.departure_registered", departure, before={"user": before},
                  after={"user": audit.snapshot(staff), "kind": kind, "departure_date": day, "reason": reason,
-                        "grants_revoked": departure.grants_revoked, "affected_tasks": departure.affected_tasks})
+                        "grants_revoked": departure.grants_revoked,
+                        "day_surgery_qualifications_revoked": list(ended.day_surgery_qualifications),
+                        "high_risk_authorizations_revoked": list(ended.high_risk_authorizations),
+                        "affected_tasks": departure.affected_tasks})
     archives.refresh_completeness(user_ids=[staff.id])
     return departure
 
@@ -236,9 +244,12 @@ def finalize_reinstatement(*, instance: Any, data: dict[str, Any], actor: Any) -
         title = f"{staff.name}复职已批准"
     else:
         departure.status = DepartureStatus.DEPARTED
-        audit.record(actor, "archive.reinstatement_rejected", departure,
-                     after={"decision": decision, "comment": comment or data.get("reason")})
-        title = f"{staff.name}复职{'未获批准' if decision == 'rejected' else '申请已撤回'}"
+        if decision != "rejected":  # withdrawn or terminated: the engine passes why as data["reason"]
+            comment = (data.get("reason") or "").strip() or comment
+        action = {"rejected": "archive.reinstatement_rejected", "withdrawn": "archive.reinstatement_withdrawn",
+                  "terminated": "archive.reinstatement_terminated"}[str(decision)]
+        audit.record(actor, action, departure, after={"decision": decision, "comment": comment})
+        title = f"{staff.name}复职{ {'rejected': '未获批准', 'withdrawn': '申请已撤回', 'terminated': '流程已被终止'}[str(decision)]}"
     starter = getattr(instance, "started_by_id", None)
     if starter and starter != getattr(actor, "id", None):
         notify.notify(user_ids=[starter], title=title, body=comment, link=f"/archives/departures/{departure.id}",

@@ -8,6 +8,10 @@ Invariants:
 - a staff number MedLoop does not know becomes an inactive user with an archive marked "pending" until
   医务处 confirms it (and gives it a role);
 - each import is a batch with a per-row report; everything is audited;
+- an HR status of 离职/退休/辞退 for someone in service is never applied here: it becomes an open `status` HrDiff
+  ("人事系统报告离职") that 医务处 settles through the departure registration (departure.py) or ignores; it
+  cannot be "accepted"; registering the departure closes it;
+- 医务处 (holders of archives.manage) get one summary notification per batch with new staff or new differences;
 - identifiers (工号, 科室编码, 手机号, 身份证号) are exact text: a number Excel stored with more than 15 significant
   digits (an 18-digit ID typed into a numeric cell) has already lost its last digits, so the row is rejected
   rather than imported with a wrong number.
@@ -30,17 +34,31 @@ from app.audit import services as audit
 from app.auth.models import Department, Role, Scope, User, UserRole
 from app.auth.permissions import ROLES
 from app.auth.services import ensure_roles
+from app.core.timefmt import SHANGHAI
 from app.db import db, utcnow
 from app.errors import InvalidTransition, NotFound, ValidationFailed
+from app.notify import services as notify
 
 from . import services as archives
-from .models import ArchiveProfile, HrDiff, HrDiffStatus, HrImportBatch
+from .models import DEPARTURE_KIND_LABELS, ArchiveProfile, Departure, HrDiff, HrDiffStatus, HrImportBatch
 
-FIELDS = ("staff_no", "name", "dept_code", "title", "phone", "id_number", "hire_date")
+FIELDS = ("staff_no", "name", "dept_code", "title", "phone", "id_number", "hire_date", "status")
 FIELD_LABELS = {"staff_no": "工号", "name": "姓名", "dept_code": "HIS 科室编码", "title": "职称", "phone": "手机号",
-                "id_number": "身份证号", "hire_date": "入职日期"}
+                "id_number": "身份证号", "hire_date": "入职日期", "status": "人员状态"}
 DIFF_LABELS = {"name": "姓名", "dept": "科室", "title": "职称", "phone": "手机号", "id_number": "身份证号",
                "hire_date": "入职日期"}
+# the HR status is a difference of its own kind ("人事系统报告离职"), settled by registering the departure
+STATUS_FIELD = "status"
+STATUS_DIFF_LABEL = "人事系统报告离职"
+# HR's in-service/departed status: code -> label; the departed codes are the departure kinds of departure.py
+HR_STATUS_LABELS = {"active": "在职", "resignation": "离职", "retirement": "退休", "dismissal": "辞退"}
+HR_STATUS_ALIASES = {
+    "在职": "active", "在岗": "active", "active": "active", "in_service": "active", "employed": "active",
+    "离职": "resignation", "辞职": "resignation", "resigned": "resignation", "resignation": "resignation",
+    "departed": "resignation", "left": "resignation",
+    "退休": "retirement", "retired": "retirement", "retirement": "retirement",
+    "辞退": "dismissal", "解聘": "dismissal", "dismissed": "dismissal", "dismissal": "dismissal",
+}
 HEADERS = {
     "staff_no": ("工号", "职工号", "人员编号", "staff_no", "staffno", "employee_no"),
     "name": ("姓名", "name"),
@@ -50,6 +68,7 @@ HEADERS = {
     "phone": ("手机号", "手机", "联系电话", "phone", "mobile"),
     "id_number": ("身份证号", "身份证号码", "证件号码", "id_number", "idcard"),
     "hire_date": ("入职日期", "参加工作时间", "入院时间", "hire_date"),
+    "status": ("人员状态", "在职状态", "在职情况", "状态", "status", "employment_status"),
 }
 STAFF_NO_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 MOBILE_RE = re.compile(r"^1[3-9]\d{9}$")
@@ -217,6 +236,18 @@ class CleanRow:
     phone: str | None
     id_number: str | None
     hire_date: date | None
+    status: str | None = None  # HR_STATUS_LABELS code; None when HR sent no status
+
+
+def hr_status_code(value: Any) -> tuple[str | None, str | None]:
+    """The HR status code of a cell or JSON value (None when empty), and why it is not understood."""
+    text = _text(value).lower().replace(" ", "")
+    if not text:
+        return None, None
+    code = HR_STATUS_ALIASES.get(text)
+    if code is None:
+        return None, "人员状态应为 在职、离职、退休、辞退 之一（或 active/resigned/retired/dismissed）"
+    return code, None
 
 
 def check_row(row: dict[str, Any]) -> tuple[CleanRow | None, dict[str, str]]:
@@ -268,10 +299,13 @@ def check_row(row: dict[str, Any]) -> tuple[CleanRow | None, dict[str, str]]:
                 errors["hire_date"] = "入职日期应为有效的日期（如 2020-07-01）"
         if hire and hire > archives.today():
             errors["hire_date"] = "入职日期不能晚于今天"
+    status, problem = hr_status_code(values["status"])
+    if problem:
+        errors["status"] = problem
     if errors:
         return None, errors
     return CleanRow(staff_no=staff_no, name=name, dept=dept, title=values["title"] or None, phone=phone or None,
-                    id_number=id_number or None, hire_date=hire), {}
+                    id_number=id_number or None, hire_date=hire, status=status), {}
 
 
 # ---------------------------------------------------------------- applying
@@ -339,8 +373,10 @@ def _create_staff(row: CleanRow, actor: Any, batch: HrImportBatch) -> User:
 
 def import_rows(*, rows: list[dict[str, Any]], actor: Any, source: str, filename: str | None = None,
                 system: str | None = None) -> HrImportBatch:
-    """Compare HR rows with MedLoop: unknown staff become inactive users pending confirmation, differences
-    become HrDiff rows, bad rows are rejected with reasons. Returns the batch with its per-row report."""
+    """Compare HR rows with MedLoop: unknown staff become inactive users pending confirmation (unless HR reports
+    them departed), differences become HrDiff rows, a departure HR reports for someone in service becomes a
+    "人事系统报告离职" flag (never applied), bad rows are rejected with reasons; 医务处 gets one notification when
+    the batch has new staff or new differences. Audited. Returns the batch with its per-row report."""
     if len(rows) > MAX_ROWS:
         raise ValidationFailed({"staff": f"单次最多 {MAX_ROWS} 行，请分批推送"})
     batch = HrImportBatch(source=source, filename=filename, system=system,
@@ -351,6 +387,7 @@ def import_rows(*, rows: list[dict[str, Any]], actor: Any, source: str, filename
     report: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     touched: list[int] = []
+    reported = 0
     for idx, raw in enumerate(rows):
         # a file's rows are reported by their row in the sheet, so the user finds them in Excel
         line = raw.line if isinstance(raw, SheetRow) else idx + 1
@@ -369,6 +406,11 @@ def import_rows(*, rows: list[dict[str, Any]], actor: Any, source: str, filename
             continue
         seen[clean.staff_no.upper()] = line
         user = db.session.scalar(select(User).where(func.upper(User.staff_no) == clean.staff_no.upper()))
+        if user is None and clean.status not in (None, "active"):
+            # someone who has already left is not worth an account; the row says so
+            report.append({"row": line, "status": "skipped", "staff_no": clean.staff_no,
+                           "note": f"人事系统报告已{HR_STATUS_LABELS[str(clean.status)]}，本系统无此工号，未新建人员"})
+            continue
         if user is None:
             user = _create_staff(clean, actor, batch)
             batch.created_count += 1
@@ -384,10 +426,17 @@ def import_rows(*, rows: list[dict[str, Any]], actor: Any, source: str, filename
                 continue
             if _record_diff(batch, user, field, ours[field], theirs):
                 diffs.append(field)
+        departure_reported = _check_status(batch, user, clean.status)
+        if departure_reported:
+            diffs.append(STATUS_FIELD)
+            reported += 1
         if diffs:
             batch.diff_count += len(diffs)
-            report.append({"row": line, "status": "diff", "staff_no": clean.staff_no, "user_id": user.id,
-                           "fields": [DIFF_LABELS[f] for f in diffs]})
+            row_report: dict[str, Any] = {"row": line, "status": "diff", "staff_no": clean.staff_no,
+                                          "user_id": user.id, "fields": [diff_label(f) for f in diffs]}
+            if departure_reported:
+                row_report["departure_reported"] = HR_STATUS_LABELS[str(clean.status)]
+            report.append(row_report)
         else:
             batch.unchanged_count += 1
             report.append({"row": line, "status": "unchanged", "staff_no": clean.staff_no, "user_id": user.id})
@@ -397,21 +446,116 @@ def import_rows(*, rows: list[dict[str, Any]], actor: Any, source: str, filename
     audit.record(actor, "archive.hr_imported", batch,
                  after={"source": source, "filename": filename, "system": system, "total": batch.total,
                         "created": batch.created_count, "diffs": batch.diff_count,
-                        "rejected": batch.rejected_count})
+                        "rejected": batch.rejected_count, "departures_reported": reported})
+    _notify_managers(batch, reported)
     return batch
 
 
-def open_diffs_query(*, q: str | None = None, field: str | None = None):
+def diff_label(field: str) -> str:
+    """The Chinese name of a difference's field ("人事系统报告离职" for the HR status)."""
+    return STATUS_DIFF_LABEL if field == STATUS_FIELD else DIFF_LABELS.get(field, field)
+
+
+def our_status(user: User) -> str:
+    """MedLoop's in-service status of a person, as the HR page shows it."""
+    if user.departed_at is None:
+        return HR_STATUS_LABELS["active"]
+    last = db.session.scalar(select(Departure).where(Departure.user_id == user.id)
+                             .order_by(Departure.id.desc()).limit(1))
+    return f"已离职（{last.kind_label}）" if last is not None else "已离职"
+
+
+def _check_status(batch: HrImportBatch, user: User, status: str | None) -> bool:
+    """Flag a departure HR reports for someone MedLoop has in service (an open `status` diff; never applied
+    here). HR reporting the person in service again supersedes an open report. True when a new one was stored."""
+    if status is None:
+        return False
+    if status == "active":
+        for row in db.session.scalars(select(HrDiff).where(HrDiff.user_id == user.id, HrDiff.field == STATUS_FIELD,
+                                                           HrDiff.status == HrDiffStatus.OPEN.value)):
+            row.status = HrDiffStatus.SUPERSEDED
+            row.decided_at = utcnow()
+        return False
+    if user.departed_at is not None:
+        return False  # already registered: MedLoop's departure record is the authority
+    return _record_diff(batch, user, STATUS_FIELD, our_status(user), HR_STATUS_LABELS[status])
+
+
+def _notify_managers(batch: HrImportBatch, reported: int) -> None:
+    """One summary notification per batch with new staff or new differences, to every holder of archives.manage,
+    linking to the HR page (the batch's differences)."""
+    if not batch.created_count and not batch.diff_count:
+        return
+    from .certificates import managers
+
+    ids = [u.id for u in managers()]
+    if not ids:
+        return
+    source = f"文件 {batch.filename or ''}".strip() if batch.source == "file" else f"接口 {batch.system or ''}".strip()
+    people = sum(1 for r in batch.report if r.get("status") == "diff")
+    parts = [f"新增待确认 {batch.created_count} 人"] if batch.created_count else []
+    if batch.diff_count:
+        parts.append(f"差异 {batch.diff_count} 项（{people} 人）")
+    if reported:
+        parts.append(f"{STATUS_DIFF_LABEL} {reported} 人")
+    notify.notify(user_ids=ids, title=f"人事数据导入批次 {batch.id}：" + "，".join(parts),
+                  body=f"来源：{source}（{batch.actor_name or ''}）。共 {batch.total} 行，"
+                       f"{'，'.join(parts)}，拒绝 {batch.rejected_count} 行。请到人事数据页面确认新增人员、处理差异。",
+                  link=f"/archives/hr?batch={batch.id}", kind="info")
+
+
+def open_diffs_query(*, q: str | None = None, field: str | None = None, batch_id: int | None = None):
+    """Open field differences (the HR-reported departures are listed apart: reported_departures)."""
     from sqlalchemy.orm import joinedload
 
-    stmt = (select(HrDiff).join(User, HrDiff.user_id == User.id).where(HrDiff.status == HrDiffStatus.OPEN.value)
+    stmt = (select(HrDiff).join(User, HrDiff.user_id == User.id)
+            .where(HrDiff.status == HrDiffStatus.OPEN.value, HrDiff.field != STATUS_FIELD)
             .options(joinedload(HrDiff.user).joinedload(User.dept)).order_by(User.staff_no, HrDiff.id))
     if q:
         like = f"%{q.strip()}%"
         stmt = stmt.where((User.name.ilike(like)) | (User.staff_no.ilike(like)))
     if field:
         stmt = stmt.where(HrDiff.field == field)
+    if batch_id:
+        stmt = stmt.where(HrDiff.batch_id == batch_id)
     return stmt
+
+
+def reported_departures() -> list[HrDiff]:
+    """Open "人事系统报告离职" flags, oldest first (for 医务处 to register the departure or ignore)."""
+    return list(db.session.scalars(select(HrDiff).where(HrDiff.field == STATUS_FIELD,
+                                                        HrDiff.status == HrDiffStatus.OPEN.value)
+                                   .order_by(HrDiff.id)))
+
+
+def departure_kind(diff: HrDiff) -> str:
+    """The departure kind (departure.py) matching the status HR reported."""
+    by_label = {label: code for code, label in HR_STATUS_LABELS.items()}
+    code = by_label.get(diff.theirs or "", "other")
+    return code if code in DEPARTURE_KIND_LABELS else "other"
+
+
+def departure_prefill(diff: HrDiff) -> dict[str, str]:
+    """Values for the departure registration form opened from an HR report (kind and a reason naming the batch)."""
+    batch = diff.batch
+    source = f"文件 {batch.filename or ''}".strip() if batch.source == "file" else f"接口 {batch.system or ''}".strip()
+    when = batch.created_at.astimezone(SHANGHAI).date().isoformat()
+    return {"kind": departure_kind(diff), "hr_diff": str(diff.id),
+            "reason": f"人事系统报告{diff.theirs}（导入批次 {batch.id}，{source}，{when}）"}
+
+
+def close_departure_reports(*, user: User, departure: Departure, actor: User) -> list[HrDiff]:
+    """The departure is registered: every open HR report of it is settled (accepted, audited with the departure)."""
+    rows = list(db.session.scalars(select(HrDiff).where(HrDiff.user_id == user.id, HrDiff.field == STATUS_FIELD,
+                                                        HrDiff.status == HrDiffStatus.OPEN.value)))
+    for diff in rows:
+        diff.status = HrDiffStatus.ACCEPTED
+        diff.decided_by_id, diff.decided_at = actor.id, utcnow()
+        audit.record(actor, "archive.hr_diff_accepted", diff,
+                     before={"field": STATUS_FIELD, "value": diff.ours},
+                     after={"field": STATUS_FIELD, "value": diff.theirs, "departure_id": departure.id})
+    db.session.flush()
+    return rows
 
 
 def get_diff(diff_id: int) -> HrDiff:
@@ -426,6 +570,9 @@ def accept_diff(*, diff: HrDiff, actor: User) -> HrDiff:
     audited. Raises InvalidTransition when the diff is not open, ValidationFailed when the value no longer fits."""
     if diff.status != HrDiffStatus.OPEN:
         raise InvalidTransition(f"该差异已{diff.status_label}")
+    if diff.field == STATUS_FIELD:
+        # a departure cuts access and privileges: only the registration form does that (departure.py)
+        raise InvalidTransition("人事系统报告的离职不会自动生效，请核实后通过“登记离职”办理，或忽略")
     user = diff.user
     before = audit.snapshot(user)
     value = diff.theirs or ""

@@ -338,6 +338,7 @@ class Departure(Model):
     registered_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="登记人")
     registered_at: Mapped[datetime] = mapped_column(default=utcnow, comment="登记时间（权限即时切断）")
     grants_revoked: Mapped[int] = mapped_column(default=0, comment="停止的医疗授权数")
+    technology_revoked: Mapped[int] = mapped_column(default=0, comment="取消的医疗技术授权数（高风险诊疗技术授权、日间手术资质）")
     affected_tasks: Mapped[list[Any]] = mapped_column(default=list, comment="处理的待办与流程（放回任务组/撤回）")
     reinstatement_instance_id: Mapped[int | None] = mapped_column(comment="复职审批流程实例编号")
     reinstatement_reason: Mapped[str | None] = mapped_column(Text, comment="复职理由")

@@ -33,6 +33,9 @@ DEMO = {
     "pharm": ("男", date(1988, 10, 5), "硕士研究生", "硕士", date(2014, 7, 1), "临床药学"),
 }
 
+# demo physicians with a passed 定期考核 on file (the seniors; the others show the missing record)
+ASSESSED = ("gs_head", "card_head", "card_doc")
+
 
 def seed_archives() -> int:
     """Certificate types/requirements, and one archive (profile, education, title, one certificate) per demo
@@ -40,6 +43,7 @@ def seed_archives() -> int:
     certificates.seed_types()
     users = {u.username: u for u in db.session.scalars(select(User).where(User.username.in_(list(DEMO))))}
     types = {t.code: t for t in db.session.scalars(select(CertificateType))}
+    this_year = services.today().year
     created = 0
     for i, (username, (gender, birth, edu, degree, hired, specialty)) in enumerate(DEMO.items()):
         user = users.get(username)
@@ -63,9 +67,21 @@ def seed_archives() -> int:
                 "title": user.title if user.title in ("住院医师", "主治医师", "副主任医师", "主任医师", "主管护师", "主管药师")
                 else "其他", "qualified_date": date(max(hired.year + 5, 2000), 6, 1).isoformat(), "method": "考试"})
         if "practice" in types and username not in ("nurse", "pharm"):
+            # valid for at least a year from the day the demo is loaded (privileges need a valid 执业证)
             db.session.add(Certificate(user_id=user.id, type_id=types["practice"].id, number=f"P{330000 + i}",
                                        issuer="浙江省卫生健康委员会", issue_date=date(hired.year, 9, 1),
-                                       expiry_date=date(2026 + i % 3, 12, 31), source="demo"))
+                                       expiry_date=date(this_year + 1 + i % 3, 12, 31), source="demo"))
+        if "nurse_practice" in types and username == "nurse":
+            # 护士执业证书: registration valid 5 years (《护士条例》); her 护士资格证 is left missing (reminder demo)
+            db.session.add(Certificate(user_id=user.id, type_id=types["nurse_practice"].id, number=f"N{330000 + i}",
+                                       issuer="浙江省卫生健康委员会", issue_date=date(this_year - 2, 9, 1),
+                                       expiry_date=date(this_year + 3, 8, 31), source="demo"))
+        if username in ASSESSED:
+            # a 定期考核 passed last year: senior privileges (e.g. grade-4 surgery) ask for one within 3 years
+            services.submit_change(staff=user, section_key="periodic_assessment", actor="演示数据", source="demo",
+                                   data={"cycle": f"{this_year - 3}-{this_year - 1}",
+                                         "assessment_date": date(this_year - 1, 6, 30).isoformat(),
+                                         "kind": "一般程序", "result": "合格", "assessing_body": "市医师定期考核委员会"})
         created += 1
     db.session.flush()
     services.refresh_completeness()

@@ -84,6 +84,8 @@ AUDIT_LABELS = {
     "archive.reinstatement_requested": "报送复职申请",
     "archive.reinstated": "复职生效",
     "archive.reinstatement_rejected": "复职未获批准",
+    "archive.reinstatement_withdrawn": "复职申请撤回",
+    "archive.reinstatement_terminated": "复职流程终止",
 }
 
 
@@ -840,6 +842,62 @@ def privilege_grants(staff: User) -> list[Any]:
                                    .order_by(Grant.status, Grant.valid_from.desc(), Grant.id)))
 
 
+def high_risk_authorizations(staff: User) -> list[Any]:
+    """The person's high-risk technology authorisations (高风险诊疗技术授权), in force first, every status."""
+    from app.technology.models.high_risk import HighRiskAuthorization
+
+    return list(db.session.scalars(
+        select(HighRiskAuthorization).where(HighRiskAuthorization.user_id == staff.id)
+        .options(joinedload(HighRiskAuthorization.item))
+        .order_by(HighRiskAuthorization.status, HighRiskAuthorization.valid_from.desc(), HighRiskAuthorization.id)))
+
+
+def day_surgery_qualifications(staff: User) -> list[Any]:
+    """The person's day-surgery qualifications (日间手术资质, one per procedure), every status."""
+    from app.technology.models.day_surgery import DaySurgeryQualification
+
+    return list(db.session.scalars(
+        select(DaySurgeryQualification).where(DaySurgeryQualification.user_id == staff.id)
+        .order_by(DaySurgeryQualification.status, DaySurgeryQualification.valid_from.desc(),
+                  DaySurgeryQualification.id)))
+
+
+@dataclass
+class ProjectRole:
+    """A new-technology project and the person's part in it (负责人 / 申请人 / 团队成员)."""
+
+    project: Any
+    roles: list[str]
+
+
+_TEAM_SPLIT = re.compile(r"[\s,，、;；:：/（）()]+")
+
+
+def _in_team(team: Any, staff: User) -> bool:
+    # team members are free text ("姓名 职称 分工", one per line); a member is named by a whole word of it
+    names = {n for n in (staff.name, staff.staff_no) if n}
+    return any(names & set(_TEAM_SPLIT.split(str(member))) for member in team or ())
+
+
+def new_tech_projects(staff: User) -> list[ProjectRole]:
+    """New-technology projects the person leads, applied for or is a team member of, newest first."""
+    from app.technology.models.new_tech import NewTechProject
+
+    rows = db.session.execute(select(NewTechProject.id, NewTechProject.lead_id, NewTechProject.applicant_id,
+                                     NewTechProject.team))
+    ids = {pid for pid, lead, applicant, team in rows if staff.id in (lead, applicant) or _in_team(team, staff)}
+    if not ids:
+        return []
+    out = []
+    for project in db.session.scalars(select(NewTechProject).where(NewTechProject.id.in_(ids))
+                                      .order_by(NewTechProject.id.desc())):
+        roles = [label for label, hit in (("项目负责人", project.lead_id == staff.id),
+                                          ("申请人", project.applicant_id == staff.id),
+                                          ("团队成员", _in_team(project.team, staff))) if hit]
+        out.append(ProjectRole(project=project, roles=roles))
+    return out
+
+
 # ---------------------------------------------------------------- completeness
 
 
@@ -905,6 +963,9 @@ def _compute(profile: ArchiveProfile, *, title: str | None, roles: set[str], req
         elif all(c.expiry_date is not None and c.expiry_date < on for c in mine):
             latest = max(c.expiry_date for c in mine if c.expiry_date is not None)
             missing.append(f"{ctype.name}已过期（{latest.isoformat()}）")
+        elif ctype.has_expiry and all(c.expiry_date is None for c in mine):
+            # registered before the date was required: no expiry reminder can be sent for it
+            missing.append(f"{ctype.name}未填写有效期至")
     done = total - len(missing)
     return Completeness(percent=int(round(100 * done / total)) if total else 100, total=total, missing=missing)
 

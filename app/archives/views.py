@@ -141,6 +141,9 @@ def show(user_id: int):
         ctx["required_types"] = services.required_certificate_types(title=staff.title, roles=staff.role_codes)
     elif tab == "privileges":
         ctx["grants"] = services.privilege_grants(staff)
+        ctx["high_risk"] = services.high_risk_authorizations(staff)
+        ctx["day_surgery"] = services.day_surgery_qualifications(staff)
+        ctx["projects"] = services.new_tech_projects(staff)
     elif tab == "departure":
         ctx["departures"] = departures.departures_of(staff)
     return render_template(
@@ -501,10 +504,12 @@ def certificate_types() -> Any:
 @require("archives.manage")
 def hr_index():
     field = request.args.get("field") or None
-    page = paginate(hr.open_diffs_query(q=request.args.get("q"), field=field))
+    batch_id = _int_arg("batch")
+    page = paginate(hr.open_diffs_query(q=request.args.get("q"), field=field, batch_id=batch_id))
     return render_template("archives/hr.html", page=page, batches=hr.recent_batches(), pending=hr.pending_staff(),
-                           labels=hr.DIFF_LABELS, roles=hr.role_choices(), field=field,
-                           status_labels=HR_DIFF_STATUS_LABELS)
+                           labels=hr.DIFF_LABELS, roles=hr.role_choices(), field=field, batch_id=batch_id,
+                           status_labels=HR_DIFF_STATUS_LABELS, reported=hr.reported_departures(),
+                           prefill=hr.departure_prefill, our_status=hr.our_status)
 
 
 @bp.post("/hr/import")
@@ -547,7 +552,7 @@ def hr_diff(diff_id: int, action: str):
     else:
         abort(404)
     db.session.commit()
-    flash(f"{diff.user.name}的{hr.DIFF_LABELS.get(diff.field, diff.field)}已{'采纳人事数据' if action == 'accept' else '忽略'}",
+    flash(f"{diff.user.name}的{hr.diff_label(diff.field)}已{'采纳人事数据' if action == 'accept' else '忽略'}",
           "success")
     target = request.form.get("next") or ""
     if not target.startswith("/archives/") or target.startswith("//"):
@@ -578,6 +583,8 @@ def register_departure(user_id: int):
             row = departures.register_departure(staff=staff, kind=request.form.get("kind", ""),
                                                 departure_date=request.form.get("departure_date", ""),
                                                 reason=request.form.get("reason", ""), actor=current_user)
+            # an HR report of this departure is settled by the registration
+            hr.close_departure_reports(user=staff, departure=row, actor=current_user)
         except ValidationFailed as exc:
             db.session.rollback()
             errors = _errors_dict(exc.errors)
@@ -586,8 +593,11 @@ def register_departure(user_id: int):
             flash(f"已登记{staff.name}离职：账号已停用，停止授权 {row.grants_revoked} 项，处理待办/流程 "
                   f"{len(row.affected_tasks)} 项", "success")
             return redirect(url_for("archives.departure_detail", departure_id=row.id))
+    elif request.args.get("hr_diff"):
+        # opened from "人事系统报告离职" on the HR page: kind and reason prefilled from the query string
+        flash("人事系统报告该人员离职：已预填离职类型和原因，请核实离职日期与原因后确认登记", "info")
     return render_template("archives/departure_form.html", staff=staff, errors=errors, kinds=DEPARTURE_KIND_LABELS,
-                           values=request.form, today=services.today(),
+                           values=request.form if request.method == "POST" else request.args, today=services.today(),
                            open_work=_open_work_preview(staff)), 400 if errors else 200
 
 

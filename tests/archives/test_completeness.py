@@ -63,7 +63,8 @@ def test_completeness_counts_profile_sections_and_required_certificates(deployed
 def test_settings_change_what_is_required(deployed, user, make_staff, db_session):
     mao = user("mao")
     _dept(db_session, "CMP2")
-    doc = make_staff(dept="CMP2", title="住院医师", roles=("nurse",))  # no physician role: no certificate required
+    # no physician or nurse role: no certificate required (nurses need the nurse certificates)
+    doc = make_staff(dept="CMP2", title="住院医师", roles=("pharmacist",))
     assert services.get_profile(doc).missing == ["基本信息缺少：性别、出生日期、身份证号、最高学历、最高学位、入职日期",
                                                  "缺少教育经历", "缺少工作经历", "缺少职称评聘", "缺少定期考核"]
     rules = {s.key: {"requires_review": s.requires_review, "is_required": False, "staff_editable": s.staff_editable}

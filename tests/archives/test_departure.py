@@ -151,3 +151,102 @@ def test_rejected_reinstatement_leaves_the_person_departed(deployed, user, ready
     db_session.refresh(row)
     db_session.refresh(doc)
     assert row.status == "departed" and doc.departed_at is not None and not doc.is_active
+
+
+def test_one_departure_registration_ends_every_grant_end_to_end(deployed, app, client, login, user, db_session):
+    """Issue 5: login refused, HIS told at once, every grant queued for HIS as revoked, high-risk authorisations
+    and day-surgery qualifications ended, the archive read-only, nothing deleted."""
+    from sqlalchemy import func
+
+    from app.auth.models import User
+    from app.auth.services import create_api_token
+    from app.demo import DEMO_PASSWORD
+    from app.outbox.models import OutboxMessage
+    from app.privileges import check
+    from app.technology.models import (
+        DaySurgeryProcedure,
+        DaySurgeryQualification,
+        HighRiskAuthorization,
+        HighRiskItem,
+    )
+    from app.technology.services import day_surgery, high_risk
+    from tests.conftest import csrf_from
+
+    # a fresh check index: rolled-back earlier tests reuse version numbers (see tests/privileges/test_check_api.py)
+    app.extensions[check.EXTENSION] = check.CheckCache(app)
+    doc, mao = user("gs_doc"), user("mao")
+    grants = [_grant(db_session, doc, _item(db_session, code)) for code in ("BASIC-DIAG", "BASIC-RX", "SP-POCT")]
+    privileges.suspend_grant(grant=grants[2], reason="质控调查", actor=mao)  # a suspended grant ends too
+    hr_items = [db_session.scalar(select(HighRiskItem).where(HighRiskItem.code == c)) for c in ("HR-GS-01", "HR-GS-02")]
+    auths = [high_risk.authorize(item=i, data={"user_id": doc.id, "role_in_team": "术者"}, actor=mao) for i in hr_items]
+    procs = list(db_session.scalars(select(DaySurgeryProcedure).where(DaySurgeryProcedure.specialty == "普通外科")
+                                    .order_by(DaySurgeryProcedure.code).limit(2)))
+    quals = [DaySurgeryQualification(user_id=doc.id, dept_id=doc.dept_id, procedure_id=p.id, status="active",
+                                     valid_from=services.today()) for p in procs]
+    db_session.add_all(quals)
+    db_session.flush()
+    day_surgery.suspend_qualification(qualification=quals[1], reason="并发症调查", actor=mao)
+    his = {"Authorization": f"Bearer {create_api_token(system='HIS')}"}
+    db_session.commit()
+    counted = (Grant, HighRiskAuthorization, DaySurgeryQualification, User)
+    before = {m: db_session.scalar(select(func.count()).select_from(m)) for m in counted}
+    query = {"staff_no": doc.staff_no, "category": "basic", "code": "BASIC-DIAG"}
+    assert client.get("/api/v1/privileges/check", query_string=query, headers=his).get_json()["allowed"] is True
+    assert all(high_risk.is_authorised(user_id=doc.id, item=i) for i in hr_items)
+    assert day_surgery.is_qualified(user_id=doc.id, procedure_id=procs[0].id)
+    login("gs_doc")
+    assert client.get("/archives/me").status_code == 302
+
+    token = login("mao")
+    resp = client.post(f"/archives/{doc.id}/departure", data={"csrf_token": token, "kind": "resignation",
+                                                              "departure_date": services.today().isoformat(),
+                                                              "reason": "个人原因辞职"})
+    assert resp.status_code == 302
+    row = db_session.scalar(select(Departure).where(Departure.user_id == doc.id))
+    assert (row.grants_revoked, row.technology_revoked) == (3, 4)
+    assert "4 项" in client.get(f"/archives/departures/{row.id}").get_data(as_text=True)
+
+    # login refused
+    client.post("/logout", data={"csrf_token": token})
+    refused = client.post("/login", data={"username": "gs_doc", "password": DEMO_PASSWORD,
+                                          "csrf_token": csrf_from(client.get("/login").get_data(as_text=True))})
+    assert refused.status_code != 302 and "已停用" in refused.get_data(as_text=True)
+    # HIS is refused at once, whatever the item
+    for code in ("BASIC-DIAG", "BASIC-RX", "SP-POCT"):
+        category = "special" if code.startswith("SP-") else "basic"
+        body = client.get("/api/v1/privileges/check", headers=his,
+                          query_string=query | {"category": category, "code": code}).get_json()
+        assert body["allowed"] is False and "该医师已离职" in body["reason"], body
+    # every grant ended with the reason and queued for HIS as revoked
+    queued = db_session.scalars(select(OutboxMessage).where(OutboxMessage.channel == "his")
+                                .order_by(OutboxMessage.id)).all()
+    for grant in grants:
+        db_session.refresh(grant)
+        assert grant.status == "revoked" and "个人原因辞职" in grant.revoked_reason
+        last = [m for m in queued if m.key == privileges.grant_key(grant)][-1]
+        assert (last.payload["status"], last.payload["staff_no"], last.status) == ("revoked", doc.staff_no, "pending")
+        assert "个人原因辞职" in last.payload["reason"]
+    # high-risk authorisations and day-surgery qualifications ended, with the reason, audited
+    for auth in auths:
+        db_session.refresh(auth)
+        assert (auth.status, auth.revoked_by_id) == ("revoked", mao.id) and "个人原因辞职" in auth.revoke_reason
+        assert db_session.scalar(select(AuditLog.id).where(AuditLog.action == "technology.high_risk_revoked",
+                                                           AuditLog.entity_id == str(auth.id)))
+    for q in quals:
+        db_session.refresh(q)
+        assert (q.status, q.revoked_by_id) == ("revoked", mao.id) and "个人原因辞职" in q.revoke_reason
+        assert db_session.scalar(select(AuditLog.id).where(
+            AuditLog.action == "technology.day_surgery_qualification_revoked", AuditLog.entity_id == str(q.id)))
+    assert not any(high_risk.is_authorised(user_id=doc.id, item=i) for i in hr_items)
+    assert not any(day_surgery.is_qualified(user_id=doc.id, procedure_id=p.id) for p in procs)
+    # the archive is read-only for the department head (archives.view / archives.edit, not archives.manage)
+    token = login("gs_head")
+    page = client.get(f"/archives/{doc.id}?tab=work").get_data(as_text=True)
+    assert "档案只读" in page and "新增工作经历" not in page
+    assert client.post(f"/archives/{doc.id}/work/new", data={"csrf_token": token, "start_date": "2019-08-01",
+                                                            "employer": "本院"}).status_code == 403
+    db_session.refresh(doc)  # loaded before the requests
+    assert doc.departed_at is not None and doc.is_active is False
+    assert services.edit_mode(user("gs_head"), doc, "work") is None
+    # nothing deleted
+    assert {m: db_session.scalar(select(func.count()).select_from(m)) for m in counted} == before

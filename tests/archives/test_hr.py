@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from io import BytesIO
 
+import pytest
 from openpyxl import Workbook
 from sqlalchemy import func, select
 
@@ -11,6 +12,7 @@ from app.archives import hr, services
 from app.archives.models import ArchiveProfile, HrDiff
 from app.audit.models import AuditLog
 from app.auth.models import User
+from app.errors import InvalidTransition
 
 NEW_ID = "330106199003071228"
 
@@ -239,3 +241,141 @@ def test_id_number_checksum_and_lost_digits_from_csv_and_json(deployed, user, db
     assert first["errors"][0]["message"].startswith("身份证号以数字形式保存为 3.30102199001011E+17")
     assert second["status"] == "created" and second["staff_no"] == "5502"
     assert db_session.scalar(select(User.phone).where(User.staff_no == "5502")) == "13900009999"
+
+
+# ---------------------------------------------------------------- in-service status, summary notifications
+
+
+def _status_sheet(rows: list[list]) -> bytes:
+    wb = Workbook()
+    ws = wb.active
+    ws.append(["工号", "姓名", "科室编码", "人员状态"])
+    for r in rows:
+        ws.append(r)
+    buf = BytesIO()
+    wb.save(buf)
+    return buf.getvalue()
+
+
+def test_a_departure_reported_by_hr_is_flagged_never_applied(deployed, user, db_session):
+    mao, doc = user("mao"), user("gs_doc")
+    rows = hr.read_rows("人事.xlsx", _status_sheet([
+        ["D1002", "陈医生", "1001", "离职"],
+        ["D1003", "刘医生", "1001", "在职"],
+        ["H8001", "钱已走", "1001", "退休"],
+        ["H8002", "孙怪状态", "1001", "停薪留职"],
+    ]))
+    batch = hr.import_rows(rows=rows, actor=mao, source="file", filename="人事.xlsx")
+    report = {r["staff_no"]: r for r in batch.report}
+    assert report["D1002"]["status"] == "diff" and report["D1002"]["fields"] == ["人事系统报告离职"]
+    assert report["D1002"]["departure_reported"] == "离职"
+    assert report["D1003"]["status"] == "unchanged"
+    assert report["H8001"]["status"] == "skipped" and "未新建" in report["H8001"]["note"]
+    assert db_session.scalar(select(User).where(User.staff_no == "H8001")) is None
+    assert report["H8002"]["errors"][0]["path"] == "staff/3/status"
+    assert "在职、离职、退休、辞退" in report["H8002"]["errors"][0]["message"]
+    # nothing applied: the account and its grants stay as they were
+    db_session.refresh(doc)
+    assert doc.departed_at is None and doc.is_active
+    [flag] = hr.reported_departures()
+    assert (flag.user_id, flag.field, flag.ours, flag.theirs) == (doc.id, "status", "在职", "离职")
+    with pytest.raises(InvalidTransition):
+        hr.accept_diff(diff=flag, actor=mao)
+    assert hr.departure_prefill(flag)["kind"] == "resignation"
+    assert f"导入批次 {batch.id}" in hr.departure_prefill(flag)["reason"]
+    # the same report again adds nothing; HR reporting the person in service again withdraws the flag
+    again = hr.import_rows(rows=rows, actor=mao, source="file")
+    assert again.diff_count == 0 and len(hr.reported_departures()) == 1
+    hr.import_rows(rows=[{"staff_no": "D1002", "name": "陈医生", "status": "在职"}], actor=mao, source="api")
+    assert hr.reported_departures() == [] and flag.status == "superseded"
+
+
+def test_hr_api_takes_the_status_in_english_codes(deployed, client, user, db_session):
+    from app.auth.services import create_api_token
+
+    token = create_api_token(system="HRP")
+    body = {"staff": [{"staff_no": "D2002", "name": "孙医生", "status": "retired"},
+                      {"staff_no": "D1003", "name": "刘医生", "status": "Dismissed"},
+                      {"staff_no": "D3001", "name": "周医生", "status": "active"},
+                      {"staff_no": "H8101", "name": "王状态", "status": "on_leave"}]}
+    resp = client.post("/api/v1/hr/staff", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    out = resp.get_json()
+    assert [r["status"] for r in out["rows"]] == ["diff", "diff", "unchanged", "rejected"]
+    assert out["rows"][3]["errors"][0]["path"] == "staff/3/status"
+    theirs = {d.user.staff_no: d.theirs for d in hr.reported_departures()}
+    assert theirs == {"D2002": "退休", "D1003": "辞退"}
+    assert user("card_doc").departed_at is None
+
+
+def test_each_batch_with_new_staff_or_differences_notifies_the_office_once(deployed, client, login, user,
+                                                                           db_session):
+    from app.notify.models import Notification
+
+    mao, admin = user("mao"), user("admin")
+
+    def summaries(u) -> list[Notification]:
+        return list(db_session.scalars(select(Notification).where(Notification.user_id == u.id,
+                                                                  Notification.title.like("人事数据导入批次%"))))
+
+    batch = hr.import_rows(rows=[{"staff_no": "D1002", "name": "陈医生", "title": "副主任医师", "status": "离职"},
+                                 {"staff_no": "H8201", "name": "新同事", "dept_code": "1001"}],
+                           actor="HRP（接口）", source="api", system="HRP")
+    [note] = summaries(mao)
+    assert note.link == f"/archives/hr?batch={batch.id}" and note.kind == "info"
+    assert note.title == f"人事数据导入批次 {batch.id}：新增待确认 1 人，差异 2 项（1 人），人事系统报告离职 1 人"
+    assert "接口 HRP" in note.body
+    assert len(summaries(admin)) == 1  # every holder of archives.manage
+    assert not summaries(user("gs_head"))
+    # nothing new: no notification
+    hr.import_rows(rows=[{"staff_no": "D1002", "name": "陈医生", "title": "副主任医师", "status": "离职"}],
+                   actor=mao, source="file", filename="again.xlsx")
+    assert len(summaries(mao)) == 1
+    # the link opens the HR page on that batch's differences
+    login("mao")
+    html = client.get(note.link).get_data(as_text=True)
+    assert f"导入批次 {batch.id}" in html and "副主任医师" in html
+
+
+def test_hr_page_flags_the_reported_departure_and_opens_the_registration_prefilled(
+        deployed, client, login, user, db_session):
+    from app.archives.models import Departure
+
+    doc = user("gs_doc2")
+    batch = hr.import_rows(rows=[{"staff_no": "D1003", "name": "刘医生", "status": "退休"}], actor=user("mao"),
+                           source="file", filename="人事.xlsx")
+    token = login("mao")
+    html = client.get("/archives/hr").get_data(as_text=True)
+    assert 'id="departures-reported"' in html and "人事系统报告离职" in html and "刘医生" in html
+    assert f"/archives/{doc.id}/departure?kind=retirement" in html
+    [flag] = hr.reported_departures()
+    prefill = hr.departure_prefill(flag)
+    form = client.get(f"/archives/{doc.id}/departure", query_string=prefill)
+    assert form.status_code == 200
+    page = form.get_data(as_text=True)
+    assert 'value="retirement" checked' in page and f"人事系统报告退休（导入批次 {batch.id}" in page
+    assert "人事系统报告该人员离职" in page
+    assert doc.departed_at is None  # opening the form changes nothing
+    resp = client.post(f"/archives/{doc.id}/departure", data={
+        "csrf_token": token, "kind": prefill["kind"], "departure_date": services.today().isoformat(),
+        "reason": prefill["reason"]})
+    assert resp.status_code == 302, resp.get_data(as_text=True)[:500]
+    db_session.refresh(doc)
+    assert doc.departed_at is not None
+    row = db_session.scalar(select(Departure).where(Departure.user_id == doc.id))
+    assert row.kind == "retirement"
+    db_session.refresh(flag)
+    assert flag.status == "accepted" and flag.decided_by_id == user("mao").id
+    assert "没有人事系统报告的离职" in client.get("/archives/hr").get_data(as_text=True)
+    # once registered, HR's report of the departure is consistent: nothing new is flagged
+    again = hr.import_rows(rows=[{"staff_no": "D1003", "name": "刘医生", "status": "退休"}], actor=user("mao"),
+                           source="file")
+    assert again.diff_count == 0 and hr.reported_departures() == []
+    # accepting through the generic diff action is refused
+    other = hr.import_rows(rows=[{"staff_no": "D1002", "name": "陈医生", "status": "离职"}], actor=user("mao"),
+                           source="file")
+    [flag2] = hr.reported_departures()
+    assert flag2.batch_id == other.id
+    refused = client.post(f"/archives/hr/diffs/{flag2.id}/accept", data={"csrf_token": token})
+    assert refused.status_code == 409 and "不会自动生效" in refused.get_data(as_text=True)
+    assert user("gs_doc").departed_at is None
