@@ -39,15 +39,28 @@ def demo_cmd() -> None:
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn 进程数（生产模式）")
 @click.option("--production/--embedded", default=None,
               help="默认：DATABASE_URL 指向 PostgreSQL 或设置了 REDIS_URL 时用 gunicorn，否则内嵌模式")
-def serve_cmd(port: int, host: str, workers: int, production: bool | None) -> None:
+@click.option("--worker-class", type=click.Choice(["gthread", "gevent"]), default="gthread", show_default=True,
+              help="gunicorn 工作方式：gthread（线程，默认）；gevent（协程，适合 HIS 权限校验等高频短请求的专用实例）")
+@click.option("--threads", default=4, show_default=True, type=int, help="gthread 每进程线程数")
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="gunicorn 访问日志（标准输出）")
+def serve_cmd(port: int, host: str, workers: int, production: bool | None, worker_class: str, threads: int,
+              access_log: bool) -> None:
     """启动 MedLoop（未配置时为内嵌模式：SQLite + 进程内后台任务）。"""
     if production is None:
         # SQLite means the embedded default whatever else is set: one process, in-process background work
         url = os.environ.get("DATABASE_URL", "")
         production = bool((url and not url.startswith("sqlite")) or os.environ.get("REDIS_URL"))
     if production:
+        # keep-alive connections (hospital systems call the APIs over and over); sync workers would close each one
         args = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"{host}:{port}",
-                "--access-logfile", "-", "wsgi:app"]
+                "--worker-class", worker_class, "--keep-alive", "30"]
+        if worker_class == "gthread":
+            args += ["--threads", str(threads)]
+        else:
+            args += ["--worker-connections", "1000"]
+        if access_log:
+            args += ["--access-logfile", "-"]
+        args.append("wsgi:app")
         os.execv(sys.executable, args)
     from app import create_app
     from app.scheduler import start_in_process_scheduler

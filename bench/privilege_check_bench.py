@@ -369,8 +369,18 @@ def in_process_breakdown(url: str, keys: list[tuple[str, str, str]]) -> dict[str
         n = 2000
         t = time.perf_counter()
         for _ in range(n):
+            cache.redis.get(checker.REDIS_STAMP_KEY)
+        out["stamp read per check before (Redis GET) us"] = (time.perf_counter() - t) / n * 1e6
+        listener = checker.listener_for(cache.redis_url)
+        deadline = time.monotonic() + 10
+        while not listener.live and time.monotonic() < deadline:
+            time.sleep(0.05)
+        n = 200_000
+        t = time.perf_counter()
+        for _ in range(n):
             cache.read_stamp()
-        out["stamp read (Redis GET) us"] = (time.perf_counter() - t) / n * 1e6
+        out[f"stamp read now ({'pushed by pub/sub' if listener.live else 'listener not live: GET'}) us"] = \
+            (time.perf_counter() - t) / n * 1e6
         n = 200_000
         t = time.perf_counter()
         for i in range(n):
@@ -382,6 +392,46 @@ def in_process_breakdown(url: str, keys: list[tuple[str, str, str]]) -> dict[str
             checker.check_uncached(*keys[i % len(keys)])
         out["query per check (uncached) us"] = (time.perf_counter() - t) / n * 1e6
         db.session.remove()
+    # one whole WSGI request in process (no socket, no gunicorn): the short path vs the Flask view
+    from werkzeug.test import EnvironBuilder
+
+    from app.auth.services import create_api_token
+    from app.privileges.fastpath import CheckFastPath
+
+    with app.app_context():
+        token = create_api_token(system="HIS-breakdown")
+        db.session.commit()
+    environs = []
+    for key in keys[:500]:
+        path, query = path_for(key).split("?", 1)
+        environs.append(EnvironBuilder(path=path, query_string=query,
+                                       headers={"Authorization": f"Bearer {token}"}).get_environ())
+    fast = app.extensions["privilege_check_fastpath"]
+
+    def through_flask(self, environ, start_response):
+        return self.next(environ, start_response)
+
+    def run(label: str) -> None:
+        def start_response(status, headers, exc_info=None):
+            return None
+
+        for env in environs:  # warm
+            b"".join(app.wsgi_app(dict(env), start_response))
+        n = 5000
+        t = time.perf_counter()
+        for i in range(n):
+            b"".join(app.wsgi_app(dict(environs[i % len(environs)]), start_response))
+        out[label] = (time.perf_counter() - t) / n * 1e6
+
+    run("WSGI request, short path us")
+    original = CheckFastPath.__call__
+    CheckFastPath.__call__ = through_flask  # type: ignore[method-assign]
+    try:
+        run("WSGI request, Flask view us")
+    finally:
+        CheckFastPath.__call__ = original  # type: ignore[method-assign]
+    assert isinstance(fast, CheckFastPath)
+    with app.app_context():
         db.engine.dispose()
     return out
 
@@ -398,7 +448,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--driver", choices=["auto", "wrk", "python"], default="auto")
-    parser.add_argument("--worker-class", choices=["gthread", "sync"], default="gthread",
+    parser.add_argument("--worker-class", choices=["gthread", "sync", "gevent"], default="gthread",
                         help="gunicorn worker class (sync closes the connection after every response)")
     parser.add_argument("--threads", type=int, default=2, help="threads per gunicorn worker with gthread")
     parser.add_argument("--seed", type=int, default=7)
