@@ -48,7 +48,7 @@ MAX_ROWS = 200
 
 # schema keys kept per row without being table columns, and UI keys likewise
 KEEP_SCHEMA = ("description", "default", "examples", "$comment")
-KEEP_UI = ("ui:placeholder", "ui:options")
+KEEP_UI = ("ui:placeholder", "ui:options", "ui:locked")
 KEEP_WIDGETS = ("radio", "hidden", "readonly", "checkbox", "select")
 
 # what each row type may contain besides type/title and the kept keys; anything else makes the row "raw"
@@ -77,6 +77,11 @@ class FieldRow:
     help: str = ""
     raw: str = ""
     keep: str = ""
+
+    @property
+    def locked(self) -> bool:
+        """A field the system stores in its own column (ui:locked): it stays, stays required and keeps its type."""
+        return bool((_load_keep(self.keep).get("ui") or {}).get("ui:locked"))
 
     def is_blank(self) -> bool:
         return not any(x.strip() for x in (self.name, self.title, self.options, self.min, self.max, self.help,
@@ -230,7 +235,9 @@ def state_from_formdata(formdata: Any) -> EditorState:
 
 
 def apply_action(state: EditorState, action: str) -> EditorState:
-    """Add / remove / move a row (the editor's buttons); nothing is stored."""
+    """Add / remove / move a row (the editor's buttons); nothing is stored.
+
+    Raises ValidationFailed (on fields/<i>/name) when asked to remove a locked field."""
     verb, _, arg = action.partition(":")
     try:
         i = int(arg) if arg else -1
@@ -240,6 +247,11 @@ def apply_action(state: EditorState, action: str) -> EditorState:
     if verb == "add" and len(rows) < MAX_ROWS:
         rows.append(FieldRow())
     elif verb == "remove" and 0 <= i < len(rows):
+        if rows[i].locked:
+            row = rows[i]
+            raise ValidationFailed({f"fields/{i}/name": services.locked_message(row.title or row.name, row.name,
+                                                                                "remove")},
+                                   message="系统必需的字段不能删除")
         rows.pop(i)
     elif verb == "up" and 0 < i < len(rows):
         rows[i - 1], rows[i] = rows[i], rows[i - 1]

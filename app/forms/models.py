@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -22,6 +22,19 @@ class FormSource(StrEnum):
     @property
     def label(self) -> str:
         return {"file": "随产品发布的文件", "admin": "管理员在线编辑"}[self.value]
+
+
+class StartFormMixin:
+    """A row opened through a start form (app.forms.start): the template version it was submitted with and the
+    fields of that version the row has no own column for. Subclasses name FORM_KEY (the template) and
+    FORM_COLUMNS (template fields stored in their own columns)."""
+
+    FORM_KEY: ClassVar[str] = ""
+    FORM_COLUMNS: ClassVar[tuple[str, ...]] = ()
+
+    form_version: Mapped[int | None] = mapped_column(comment="申请表单模板版本（提交时所用的版本）")
+    form_data: Mapped[dict[str, Any]] = mapped_column(default=dict,
+                                                      comment="申请表单中医务处增加的字段（按模板校验，JSON）")
 
 
 class FormTemplate(Model):

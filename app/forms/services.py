@@ -543,12 +543,53 @@ def schema_problems(schema: Any, ui: Any) -> list[dict[str, str]]:
     return problems
 
 
+LOCKED = "ui:locked"
+
+_LOCK_WORDS = {
+    "remove": "不能删除",
+    "optional": "不能取消必填",
+    "type": "不能更改类型",
+    "unlock": "不能取消锁定",
+}
+
+
+def locked_message(title: str, name: str, what: str) -> str:
+    """Why a locked field cannot be changed that way (what: remove / optional / type / unlock)."""
+    return f"“{title}”（{name}）是系统必需的字段（存入申请记录的数据列），{_LOCK_WORDS[what]}"
+
+
+def locked_problems(old_schema: Mapping[str, Any], old_ui: Mapping[str, Any], schema: Mapping[str, Any],
+                    ui: Mapping[str, Any]) -> list[dict[str, str]]:
+    """What a new version does to the previous version's locked fields (`ui:locked` in the UI schema): each
+    must stay, stay required when it was, keep its JSON type and its lock. Paths are the field names."""
+    old_props, new_props = properties(dict(old_schema)), properties(dict(schema))
+    old_required, new_required = required_names(dict(old_schema)), required_names(dict(schema))
+    problems = []
+    for name, prop in old_props.items():
+        if not sub_ui(dict(old_ui), name).get(LOCKED):
+            continue
+        title = str(prop.get("title") or name)
+        what = None
+        if name not in new_props:
+            what = "remove"
+        elif name in old_required and name not in new_required:
+            what = "optional"
+        elif json_type(prop) != json_type(new_props[name]):
+            what = "type"
+        elif not sub_ui(dict(ui), name).get(LOCKED):
+            what = "unlock"
+        if what:
+            problems.append({"path": name, "message": locked_message(title, name, what)})
+    return problems
+
+
 def save_admin_version(*, key: str, schema: dict[str, Any], ui: dict[str, Any] | None, actor: Any,
                        note: str | None = None) -> FormTemplate:
     """Store an edited form as the next version and audit it ("form.version_saved"); flushes.
 
     Returns the latest row unchanged (no new version, no audit) when the content equals it.
-    Raises ValidationFailed (Chinese, per path) for a bad key, an invalid schema or an untitled field.
+    Raises ValidationFailed (Chinese, per path) for a bad key, an invalid schema, an untitled field, or a
+    locked field (`ui:locked`) of the latest version removed, made optional, retyped or unlocked.
     """
     key = (key or "").strip()
     if not KEY_RE.match(key):
@@ -557,8 +598,12 @@ def save_admin_version(*, key: str, schema: dict[str, Any], ui: dict[str, Any] |
     problems = schema_problems(schema, ui)
     if problems:
         raise ValidationFailed(problems, message="表单定义有误，未保存")
-    checksum = form_checksum(schema, ui)
     last = _latest(key)
+    if last is not None:
+        problems = locked_problems(last.schema or {}, last.ui_schema or {}, schema, ui)
+        if problems:
+            raise ValidationFailed(problems, message="系统必需的字段不能删除、取消必填或更改类型，未保存")
+    checksum = form_checksum(schema, ui)
     if last is not None and last.checksum == checksum:
         return last
     row = FormTemplate(key=key, version=_next_version(key), schema=schema, ui_schema=ui,

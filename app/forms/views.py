@@ -81,7 +81,12 @@ def edit(key: str):
     state = editor.state_from_formdata(request.form)
     action = request.form.get("action") or "noop"
     if action != "save":
-        editor.apply_action(state, action)
+        try:
+            editor.apply_action(state, action)
+        except ValidationFailed as exc:
+            errors = {e["path"]: e["message"] for e in exc.errors}
+            flash(exc.message, "error")
+            return render_template("forms/edit.html", key=key, state=state, errors=errors, editor=editor), 400
         return render_template("forms/edit.html", key=key, state=state, errors=errors, editor=editor)
     try:
         row, saved = editor.save(key=key, state=state, actor=current_user)

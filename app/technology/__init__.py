@@ -7,6 +7,7 @@ AUDIT_LABELS = {
     "technology.expert_reviewed": "专家评审",
     "technology.progress_reported": "提交新技术新项目进展报告",
     "technology.progress_reviewed": "审核新技术新项目进展",
+    "technology.project_routine_item": "新技术新项目转常规授权类别",
     "technology.ethics_applied": "提交伦理审查申请",
     "technology.ethics_opened": "发起伦理审查",
     "technology.ethics_setup": "确定伦理审查方式与委员",
@@ -37,6 +38,10 @@ AUDIT_LABELS = {
     "technology.day_surgery_returned": "日间手术资质申请退回",
     "technology.day_surgery_revised": "修改日间手术资质申请",
     "technology.day_surgery_qualified": "授予日间手术资质",
+    "technology.day_surgery_qualification_suspended": "暂停日间手术资质",
+    "technology.day_surgery_qualification_resumed": "恢复日间手术资质",
+    "technology.day_surgery_qualification_revoked": "取消日间手术资质",
+    "technology.day_surgery_procedure_updated": "核定日间手术目录（级别、在用）",
     "technology.day_surgery_rejected": "日间手术资质申请未通过",
     "technology.day_surgery_withdrawn": "日间手术资质申请撤回",
     "technology.day_surgery_case_recorded": "登记日间手术病例",
@@ -48,7 +53,8 @@ AUDIT_LABELS = {
 def register(app):
     from app.audit.services import ACTION_LABELS
     from app.demo import EXTRA_LOADERS
-    from app.technology import api, flow, models, views  # noqa: F401 - models complete the metadata
+    from app.jobs import register_job
+    from app.technology import api, flow, models, tasks, views  # noqa: F401 - models complete the metadata
     from app.technology.catalogue import seed_catalogues, seed_demo_cases
     from app.web import add_nav
 
@@ -61,3 +67,4 @@ def register(app):
     add_nav("technology.ethics_reviews", "伦理审查", "ethics.review", order=41)
     add_nav("technology.day_surgery_cases", "日间手术病例", "technology.day_surgery", order=42)
     app.extensions["technology_flow_hooks"] = flow.install()
+    register_job("technology.high_risk_yearly", tasks.high_risk_yearly)

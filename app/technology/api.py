@@ -18,7 +18,8 @@ bp = Blueprint("technology_api", __name__, url_prefix="/api/v1/technology")
 
 def _case_out(row, created: bool) -> dict:
     return {"id": row.id, "external_id": row.external_id, "source_system": row.source_system,
-            "status": "created" if created else "duplicate", "voided": row.voided_at is not None}
+            "status": "created" if created else "duplicate", "voided": row.voided_at is not None,
+            "surgeon_qualified": row.is_surgeon_qualified}
 
 
 @bp.post("/day-surgery/cases")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 04:04:01.619567
+Create Date: 2026-11-23 05:40:35.573619
 
 """
 from alembic import op
@@ -58,25 +58,6 @@ def upgrade():
     sa.UniqueConstraint('code', name=op.f('uq_certificate_types_code')),
     comment='证件类型（毕业证、学位证、执业证等，可维护）'
     )
-    op.create_table('day_surgery_procedures',
-    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
-    sa.Column('code', sa.String(length=32), nullable=False, comment='目录编码（院内唯一）'),
-    sa.Column('specialty', sa.String(length=32), nullable=False, comment='专业'),
-    sa.Column('disease_name', sa.String(length=100), nullable=False, comment='病种名称'),
-    sa.Column('icd10_code', sa.String(length=100), nullable=True, comment='疾病编码（ICD-10）'),
-    sa.Column('procedure_name', sa.String(length=200), nullable=False, comment='术式名称'),
-    sa.Column('icd9_code', sa.String(length=32), nullable=True, comment='手术操作编码（ICD-9-CM-3）'),
-    sa.Column('grade', sa.Integer(), nullable=True, comment='手术级别（1–4；演示值须按本院手术分级目录核定）'),
-    sa.Column('source', sa.String(length=200), nullable=True, comment='来源'),
-    sa.Column('note', sa.String(length=500), nullable=True, comment='备注（转录说明、演示数据说明）'),
-    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否在用'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_day_surgery_procedures')),
-    sa.UniqueConstraint('code', name=op.f('uq_day_surgery_procedures_code')),
-    comment='日间手术目录（病种及术式）'
-    )
-    with op.batch_alter_table('day_surgery_procedures', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_day_surgery_procedures_icd9_code'), ['icd9_code'], unique=False)
-
     op.create_table('interface_mappings',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('source', sa.String(length=32), nullable=False, comment='来源系统（HIS/LIS/PACS…，* 表示全部）'),
@@ -239,6 +220,9 @@ def upgrade():
     sa.Column('validity_days', sa.Integer(), nullable=True, comment='按天计的有效期（紧急授权等；设置时优先于年）'),
     sa.Column('sort_order', sa.Integer(), nullable=False, comment='排序号'),
     sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否启用'),
+    sa.Column('default_min_title', sa.String(length=32), nullable=True, comment='类别默认最低职称（如 主治医师；项目未设置时适用，空为不限）'),
+    sa.Column('default_cert_types', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True, comment='类别默认必备证件类型编码（如 ["practice"] 执业证；须在档案中有未过期的该类证件）'),
+    sa.Column('default_requires_assessment', sa.Boolean(), nullable=False, comment='类别默认是否须近一个考核周期（3 年）定期考核合格'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_categories')),
@@ -366,6 +350,10 @@ def upgrade():
     sa.Column('source', sa.String(length=200), nullable=True, comment='依据或数据来源'),
     sa.Column('sort_order', sa.Integer(), nullable=False, comment='排序号'),
     sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否启用'),
+    sa.Column('min_title', sa.String(length=32), nullable=True, comment='最低职称（如 主治医师，按同系列职称等级比较；空为沿用类别默认）'),
+    sa.Column('cert_types', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True, comment='必备证件类型编码（如 ["practice"]；空为沿用类别默认，[] 为不要求证件）'),
+    sa.Column('requires_assessment', sa.Boolean(), nullable=True, comment='是否须近一个考核周期（3 年）定期考核合格（空为沿用类别默认）'),
+    sa.Column('rules_note', sa.String(length=300), nullable=True, comment='资格规则说明（依据；演示默认规则须经医务处核定后使用）'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
     sa.ForeignKeyConstraint(['category_id'], ['privilege_categories.id'], name=op.f('fk_privilege_items_category_id_privilege_categories')),
@@ -469,6 +457,7 @@ def upgrade():
     sa.Column('registered_by_id', sa.Integer(), nullable=True, comment='登记人'),
     sa.Column('registered_at', sa.DateTime(timezone=True), nullable=False, comment='登记时间（权限即时切断）'),
     sa.Column('grants_revoked', sa.Integer(), nullable=False, comment='停止的医疗授权数'),
+    sa.Column('technology_revoked', sa.Integer(), nullable=False, comment='取消的医疗技术授权数（高风险诊疗技术授权、日间手术资质）'),
     sa.Column('affected_tasks', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='处理的待办与流程（放回任务组/撤回）'),
     sa.Column('reinstatement_instance_id', sa.Integer(), nullable=True, comment='复职审批流程实例编号'),
     sa.Column('reinstatement_reason', sa.Text(), nullable=True, comment='复职理由'),
@@ -616,6 +605,8 @@ def upgrade():
     sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False, comment='提交时间'),
     sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='办结时间'),
     sa.Column('final_comment', sa.Text(), nullable=True, comment='最终意见'),
+    sa.Column('form_version', sa.Integer(), nullable=True, comment='申请表单模板版本（提交时所用的版本）'),
+    sa.Column('form_data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='申请表单中医务处增加的字段（按模板校验，JSON）'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
     sa.ForeignKeyConstraint(['applicant_id'], ['users.id'], name=op.f('fk_day_surgery_applications_applicant_id_users')),
@@ -630,46 +621,27 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_day_surgery_applications_instance_id'), ['instance_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_day_surgery_applications_status'), ['status'], unique=False)
 
-    op.create_table('day_surgery_cases',
+    op.create_table('day_surgery_procedures',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
-    sa.Column('source_system', sa.String(length=64), nullable=False, comment='来源系统（manual 手工录入/HIS…）'),
-    sa.Column('external_id', sa.String(length=64), nullable=False, comment='来源系统中的病例标识（手工录入为登记号）'),
-    sa.Column('patient_name', sa.String(length=64), nullable=False, comment='患者姓名（已脱敏，仅保留姓）'),
-    sa.Column('patient_no', sa.String(length=32), nullable=False, comment='病案号（页面与导出脱敏显示）'),
-    sa.Column('dept_id', sa.Integer(), nullable=False, comment='手术科室'),
-    sa.Column('surgeon_id', sa.Integer(), nullable=True, comment='主刀医师'),
-    sa.Column('procedure_id', sa.Integer(), nullable=True, comment='目录术式'),
-    sa.Column('procedure_code', sa.String(length=32), nullable=True, comment='手术操作编码（ICD-9-CM-3）'),
+    sa.Column('code', sa.String(length=32), nullable=False, comment='目录编码（院内唯一）'),
+    sa.Column('specialty', sa.String(length=32), nullable=False, comment='专业'),
+    sa.Column('disease_name', sa.String(length=100), nullable=False, comment='病种名称'),
+    sa.Column('icd10_code', sa.String(length=100), nullable=True, comment='疾病编码（ICD-10）'),
     sa.Column('procedure_name', sa.String(length=200), nullable=False, comment='术式名称'),
-    sa.Column('grade', sa.Integer(), nullable=False, comment='手术级别（1–4）'),
-    sa.Column('scheduled_date', sa.Date(), nullable=False, comment='预约手术日期（统计期间按此日期）'),
-    sa.Column('admitted_on', sa.Date(), nullable=True, comment='入院日期'),
-    sa.Column('surgery_date', sa.Date(), nullable=True, comment='手术日期（当日取消则为空）'),
-    sa.Column('discharged_on', sa.Date(), nullable=True, comment='出院日期'),
-    sa.Column('cancelled_same_day', sa.Boolean(), nullable=False, comment='当日手术取消'),
-    sa.Column('cancel_reason', sa.String(length=200), nullable=True, comment='取消原因'),
-    sa.Column('unplanned_reoperation', sa.Boolean(), nullable=False, comment='非计划再次手术'),
-    sa.Column('complication', sa.Boolean(), nullable=False, comment='术后并发症'),
-    sa.Column('transferred', sa.Boolean(), nullable=False, comment='转科（转入住院病区）'),
-    sa.Column('delayed_discharge', sa.Boolean(), nullable=False, comment='延迟出院（超过 48 小时）'),
-    sa.Column('unplanned_readmission', sa.Boolean(), nullable=False, comment='出院后 31 天内非计划再入院'),
-    sa.Column('note', sa.Text(), nullable=True, comment='备注'),
-    sa.Column('recorded_by_id', sa.Integer(), nullable=True, comment='登记人（接口登记为空）'),
-    sa.Column('voided_at', sa.DateTime(timezone=True), nullable=True, comment='作废时间（不物理删除）'),
-    sa.Column('void_reason', sa.String(length=200), nullable=True, comment='作废原因'),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
-    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_day_surgery_cases_dept_id_departments')),
-    sa.ForeignKeyConstraint(['procedure_id'], ['day_surgery_procedures.id'], name=op.f('fk_day_surgery_cases_procedure_id_day_surgery_procedures')),
-    sa.ForeignKeyConstraint(['recorded_by_id'], ['users.id'], name=op.f('fk_day_surgery_cases_recorded_by_id_users')),
-    sa.ForeignKeyConstraint(['surgeon_id'], ['users.id'], name=op.f('fk_day_surgery_cases_surgeon_id_users')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_day_surgery_cases')),
-    sa.UniqueConstraint('source_system', 'external_id', name=op.f('uq_day_surgery_cases_source_system')),
-    comment='日间手术病例'
+    sa.Column('icd9_code', sa.String(length=32), nullable=True, comment='手术操作编码（ICD-9-CM-3）'),
+    sa.Column('grade', sa.Integer(), nullable=True, comment='手术级别（1–4；演示值须按本院手术分级目录核定）'),
+    sa.Column('grade_confirmed_at', sa.DateTime(timezone=True), nullable=True, comment='手术级别按本院目录核定时间（空=仍为演示值）'),
+    sa.Column('grade_confirmed_by_id', sa.Integer(), nullable=True, comment='手术级别核定人'),
+    sa.Column('source', sa.String(length=200), nullable=True, comment='来源'),
+    sa.Column('note', sa.String(length=500), nullable=True, comment='备注（转录说明、演示数据说明）'),
+    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否在用'),
+    sa.ForeignKeyConstraint(['grade_confirmed_by_id'], ['users.id'], name=op.f('fk_day_surgery_procedures_grade_confirmed_by_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_day_surgery_procedures')),
+    sa.UniqueConstraint('code', name=op.f('uq_day_surgery_procedures_code')),
+    comment='日间手术目录（病种及术式）'
     )
-    with op.batch_alter_table('day_surgery_cases', schema=None) as batch_op:
-        batch_op.create_index('ix_day_surgery_cases_dept_date', ['dept_id', 'scheduled_date'], unique=False)
-        batch_op.create_index(batch_op.f('ix_day_surgery_cases_procedure_id'), ['procedure_id'], unique=False)
+    with op.batch_alter_table('day_surgery_procedures', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_day_surgery_procedures_icd9_code'), ['icd9_code'], unique=False)
 
     op.create_table('ethics_reviews',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键（审查编号）'),
@@ -696,6 +668,8 @@ def upgrade():
     sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='决定时间'),
     sa.Column('decided_by_id', sa.Integer(), nullable=True, comment='决定登记人'),
     sa.Column('instance_id', sa.Integer(), nullable=True, comment='审查流程实例编号'),
+    sa.Column('form_version', sa.Integer(), nullable=True, comment='申请表单模板版本（提交时所用的版本）'),
+    sa.Column('form_data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='申请表单中医务处增加的字段（按模板校验，JSON）'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
     sa.ForeignKeyConstraint(['applicant_id'], ['users.id'], name=op.f('fk_ethics_reviews_applicant_id_users')),
@@ -819,12 +793,16 @@ def upgrade():
     sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='办结时间（转常规、终止、未通过、撤回）'),
     sa.Column('extension_count', sa.Integer(), nullable=False, comment='延期次数'),
     sa.Column('final_comment', sa.Text(), nullable=True, comment='最终意见'),
+    sa.Column('routine_item_id', sa.Integer(), nullable=True, comment='转常规后授权所依的医疗权限目录项目（常规类别）'),
+    sa.Column('form_version', sa.Integer(), nullable=True, comment='申请表单模板版本（提交时所用的版本）'),
+    sa.Column('form_data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='申请表单中医务处增加的字段（按模板校验，JSON）'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
     sa.ForeignKeyConstraint(['applicant_id'], ['users.id'], name=op.f('fk_new_tech_projects_applicant_id_users')),
     sa.ForeignKeyConstraint(['campus_id'], ['campuses.id'], name=op.f('fk_new_tech_projects_campus_id_campuses')),
     sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_new_tech_projects_dept_id_departments')),
     sa.ForeignKeyConstraint(['lead_id'], ['users.id'], name=op.f('fk_new_tech_projects_lead_id_users')),
+    sa.ForeignKeyConstraint(['routine_item_id'], ['privilege_items.id'], name=op.f('fk_new_tech_projects_routine_item_id_privilege_items')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_new_tech_projects')),
     comment='新技术新项目'
     )
@@ -851,6 +829,37 @@ def upgrade():
     with op.batch_alter_table('notifications', schema=None) as batch_op:
         batch_op.create_index('ix_notifications_user_unread', ['user_id', 'read_at'], unique=False)
 
+    op.create_table('notify_accounts',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('user_id', sa.Integer(), nullable=False, comment='用户'),
+    sa.Column('channel', sa.String(length=16), nullable=False, comment='通知渠道：dingtalk 钉钉 / zzd 浙政钉'),
+    sa.Column('account_id', sa.String(length=64), nullable=False, comment='渠道内的用户标识（钉钉 userid / 浙政钉 accountId）'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='最近修改时间'),
+    sa.Column('updated_by_id', sa.Integer(), nullable=True, comment='最近修改人'),
+    sa.ForeignKeyConstraint(['updated_by_id'], ['users.id'], name=op.f('fk_notify_accounts_updated_by_id_users')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_notify_accounts_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_notify_accounts')),
+    sa.UniqueConstraint('channel', 'account_id', name=op.f('uq_notify_accounts_channel')),
+    sa.UniqueConstraint('user_id', 'channel', name=op.f('uq_notify_accounts_user_id')),
+    comment='用户的外部通知账号（钉钉 userid / 浙政钉 accountId），工作通知按此发送'
+    )
+    with op.batch_alter_table('notify_accounts', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_notify_accounts_user_id'), ['user_id'], unique=False)
+
+    op.create_table('notify_dept_robots',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('dept_id', sa.Integer(), nullable=False, comment='科室'),
+    sa.Column('webhook_url', sa.String(length=500), nullable=False, comment='机器人 Webhook 地址（含 access_token）'),
+    sa.Column('secret', sa.String(length=128), nullable=True, comment='加签密钥（SEC 开头；为空则不加签）'),
+    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否启用'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='最近修改时间'),
+    sa.Column('updated_by_id', sa.Integer(), nullable=True, comment='最近修改人'),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_notify_dept_robots_dept_id_departments')),
+    sa.ForeignKeyConstraint(['updated_by_id'], ['users.id'], name=op.f('fk_notify_dept_robots_updated_by_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_notify_dept_robots')),
+    sa.UniqueConstraint('dept_id', name=op.f('uq_notify_dept_robots_dept_id')),
+    comment='科室群机器人（钉钉自定义机器人 Webhook，加签），紧急提醒同时发到科室群'
+    )
     op.create_table('privilege_applications',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键（申请编号）'),
     sa.Column('applicant_id', sa.Integer(), nullable=False, comment='申请人'),
@@ -862,11 +871,14 @@ def upgrade():
     sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=True, comment='提交时间'),
     sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='办结时间'),
     sa.Column('final_comment', sa.Text(), nullable=True, comment='最终审批意见'),
+    sa.Column('override_reason', sa.Text(), nullable=True, comment='医务处特批理由（含资格不符项目时必填，逐项不符原因见审计日志）'),
+    sa.Column('override_by_id', sa.Integer(), nullable=True, comment='特批人（医务处）'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
     sa.ForeignKeyConstraint(['applicant_id'], ['users.id'], name=op.f('fk_privilege_applications_applicant_id_users')),
     sa.ForeignKeyConstraint(['campus_id'], ['campuses.id'], name=op.f('fk_privilege_applications_campus_id_campuses')),
     sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_privilege_applications_dept_id_departments')),
+    sa.ForeignKeyConstraint(['override_by_id'], ['users.id'], name=op.f('fk_privilege_applications_override_by_id_users')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_applications')),
     comment='医疗权限申请'
     )
@@ -874,6 +886,27 @@ def upgrade():
         batch_op.create_index('ix_privilege_applications_applicant_status', ['applicant_id', 'status'], unique=False)
         batch_op.create_index(batch_op.f('ix_privilege_applications_dept_id'), ['dept_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_privilege_applications_instance_id'), ['instance_id'], unique=False)
+
+    op.create_table('privilege_dept_catalogue_items',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('dept_id', sa.Integer(), nullable=False, comment='科室'),
+    sa.Column('item_id', sa.Integer(), nullable=False, comment='院内目录项目'),
+    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否在目录中（移除后为否，记录保留）'),
+    sa.Column('added_at', sa.DateTime(timezone=True), nullable=False, comment='加入日期时间'),
+    sa.Column('added_by_id', sa.Integer(), nullable=True, comment='加入人（空为演示数据）'),
+    sa.Column('removed_at', sa.DateTime(timezone=True), nullable=True, comment='移除时间'),
+    sa.Column('removed_by_id', sa.Integer(), nullable=True, comment='移除人'),
+    sa.ForeignKeyConstraint(['added_by_id'], ['users.id'], name=op.f('fk_privilege_dept_catalogue_items_added_by_id_users')),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_privilege_dept_catalogue_items_dept_id_departments')),
+    sa.ForeignKeyConstraint(['item_id'], ['privilege_items.id'], name=op.f('fk_privilege_dept_catalogue_items_item_id_privilege_items')),
+    sa.ForeignKeyConstraint(['removed_by_id'], ['users.id'], name=op.f('fk_privilege_dept_catalogue_items_removed_by_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_dept_catalogue_items')),
+    sa.UniqueConstraint('dept_id', 'item_id', name=op.f('uq_privilege_dept_catalogue_items_dept_id')),
+    comment='科室技术目录（科室开展的院内目录项目）'
+    )
+    with op.batch_alter_table('privilege_dept_catalogue_items', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_privilege_dept_catalogue_items_dept_id'), ['dept_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_privilege_dept_catalogue_items_item_id'), ['item_id'], unique=False)
 
     op.create_table('process_versions',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
@@ -911,6 +944,8 @@ def upgrade():
     sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False, comment='提交时间'),
     sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='办结时间'),
     sa.Column('final_comment', sa.Text(), nullable=True, comment='最终意见'),
+    sa.Column('form_version', sa.Integer(), nullable=True, comment='申请表单模板版本（提交时所用的版本）'),
+    sa.Column('form_data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='申请表单中医务处增加的字段（按模板校验，JSON）'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
     sa.ForeignKeyConstraint(['applicant_id'], ['users.id'], name=op.f('fk_restricted_tech_applications_applicant_id_users')),
@@ -997,23 +1032,69 @@ def upgrade():
     with op.batch_alter_table('certificate_files', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_certificate_files_certificate_id'), ['certificate_id'], unique=False)
 
+    op.create_table('day_surgery_cases',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('source_system', sa.String(length=64), nullable=False, comment='来源系统（manual 手工录入/HIS…）'),
+    sa.Column('external_id', sa.String(length=64), nullable=False, comment='来源系统中的病例标识（手工录入为登记号）'),
+    sa.Column('patient_name', sa.String(length=64), nullable=False, comment='患者姓名（已脱敏，仅保留姓）'),
+    sa.Column('patient_no', sa.String(length=32), nullable=False, comment='病案号（页面与导出脱敏显示）'),
+    sa.Column('dept_id', sa.Integer(), nullable=False, comment='手术科室'),
+    sa.Column('surgeon_id', sa.Integer(), nullable=True, comment='主刀医师'),
+    sa.Column('procedure_id', sa.Integer(), nullable=True, comment='目录术式'),
+    sa.Column('procedure_code', sa.String(length=32), nullable=True, comment='手术操作编码（ICD-9-CM-3）'),
+    sa.Column('procedure_name', sa.String(length=200), nullable=False, comment='术式名称'),
+    sa.Column('grade', sa.Integer(), nullable=False, comment='手术级别（1–4）'),
+    sa.Column('scheduled_date', sa.Date(), nullable=False, comment='预约手术日期（统计期间按此日期）'),
+    sa.Column('admitted_on', sa.Date(), nullable=True, comment='入院日期'),
+    sa.Column('surgery_date', sa.Date(), nullable=True, comment='手术日期（当日取消则为空）'),
+    sa.Column('discharged_on', sa.Date(), nullable=True, comment='出院日期'),
+    sa.Column('cancelled_same_day', sa.Boolean(), nullable=False, comment='当日手术取消'),
+    sa.Column('cancel_reason', sa.String(length=200), nullable=True, comment='取消原因'),
+    sa.Column('unplanned_reoperation', sa.Boolean(), nullable=False, comment='非计划再次手术'),
+    sa.Column('complication', sa.Boolean(), nullable=False, comment='术后并发症'),
+    sa.Column('transferred', sa.Boolean(), nullable=False, comment='转科（转入住院病区）'),
+    sa.Column('delayed_discharge', sa.Boolean(), nullable=False, comment='延迟出院（超过 48 小时）'),
+    sa.Column('unplanned_readmission', sa.Boolean(), nullable=False, comment='出院后 31 天内非计划再入院'),
+    sa.Column('is_surgeon_qualified', sa.Boolean(), nullable=True, comment='登记时主刀医师是否具备该目录术式的日间手术资质（否=无资质开展；空=无法核对：未填主刀或非目录术式）'),
+    sa.Column('note', sa.Text(), nullable=True, comment='备注'),
+    sa.Column('recorded_by_id', sa.Integer(), nullable=True, comment='登记人（接口登记为空）'),
+    sa.Column('voided_at', sa.DateTime(timezone=True), nullable=True, comment='作废时间（不物理删除）'),
+    sa.Column('void_reason', sa.String(length=200), nullable=True, comment='作废原因'),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
+    sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_day_surgery_cases_dept_id_departments')),
+    sa.ForeignKeyConstraint(['procedure_id'], ['day_surgery_procedures.id'], name=op.f('fk_day_surgery_cases_procedure_id_day_surgery_procedures')),
+    sa.ForeignKeyConstraint(['recorded_by_id'], ['users.id'], name=op.f('fk_day_surgery_cases_recorded_by_id_users')),
+    sa.ForeignKeyConstraint(['surgeon_id'], ['users.id'], name=op.f('fk_day_surgery_cases_surgeon_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_day_surgery_cases')),
+    sa.UniqueConstraint('source_system', 'external_id', name=op.f('uq_day_surgery_cases_source_system')),
+    comment='日间手术病例'
+    )
+    with op.batch_alter_table('day_surgery_cases', schema=None) as batch_op:
+        batch_op.create_index('ix_day_surgery_cases_dept_date', ['dept_id', 'scheduled_date'], unique=False)
+        batch_op.create_index(batch_op.f('ix_day_surgery_cases_procedure_id'), ['procedure_id'], unique=False)
+
     op.create_table('day_surgery_qualifications',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('user_id', sa.Integer(), nullable=False, comment='医师'),
     sa.Column('dept_id', sa.Integer(), nullable=True, comment='科室'),
     sa.Column('procedure_id', sa.Integer(), nullable=False, comment='术式'),
     sa.Column('application_id', sa.Integer(), nullable=True, comment='来源申请'),
-    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：active/revoked'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：active 有效/suspended 暂停/revoked 取消'),
     sa.Column('valid_from', sa.Date(), nullable=False, comment='生效日期'),
     sa.Column('valid_until', sa.Date(), nullable=True, comment='有效期至'),
     sa.Column('granted_by_id', sa.Integer(), nullable=True, comment='批准人'),
     sa.Column('granted_at', sa.DateTime(timezone=True), nullable=False, comment='授予时间'),
+    sa.Column('suspended_at', sa.DateTime(timezone=True), nullable=True, comment='暂停时间（恢复后清空）'),
+    sa.Column('suspend_reason', sa.String(length=500), nullable=True, comment='暂停原因（恢复后清空，历史见审计日志）'),
     sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True, comment='取消时间'),
-    sa.Column('revoke_reason', sa.String(length=500), nullable=True, comment='取消原因'),
+    sa.Column('revoked_by_id', sa.Integer(), nullable=True, comment='取消操作人'),
+    sa.Column('revoke_reason', sa.String(length=500), nullable=True, comment='取消原因（含离职时自动取消）'),
     sa.ForeignKeyConstraint(['application_id'], ['day_surgery_applications.id'], name=op.f('fk_day_surgery_qualifications_application_id_day_surgery_applications')),
     sa.ForeignKeyConstraint(['dept_id'], ['departments.id'], name=op.f('fk_day_surgery_qualifications_dept_id_departments')),
     sa.ForeignKeyConstraint(['granted_by_id'], ['users.id'], name=op.f('fk_day_surgery_qualifications_granted_by_id_users')),
     sa.ForeignKeyConstraint(['procedure_id'], ['day_surgery_procedures.id'], name=op.f('fk_day_surgery_qualifications_procedure_id_day_surgery_procedures')),
+    sa.ForeignKeyConstraint(['revoked_by_id'], ['users.id'], name=op.f('fk_day_surgery_qualifications_revoked_by_id_users')),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_day_surgery_qualifications_user_id_users')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_day_surgery_qualifications')),
     comment='日间手术资质（医师-术式）'
@@ -1404,7 +1485,7 @@ def upgrade():
     sa.Column('order_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False, comment='医嘱'),
     sa.Column('order_no', sa.String(length=64), nullable=False, comment='医嘱号'),
     sa.Column('loop_type_key', sa.String(length=64), nullable=False, comment='闭环类型'),
-    sa.Column('kind', sa.String(length=24), nullable=False, comment='类型：overdue 节点超时/skipped 缺环/abnormal 异常/stalled 停滞/critical_unacked 危急值未处置'),
+    sa.Column('kind', sa.String(length=24), nullable=False, comment='类型：overdue 节点超时/skipped 缺环/abnormal 异常/stalled 停滞/critical_unacked 危急值未处置/qc 质控不合格'),
     sa.Column('node_key', sa.String(length=64), nullable=False, comment='节点标识（无具体节点时为空串）'),
     sa.Column('node_name', sa.String(length=64), nullable=True, comment='节点名称'),
     sa.Column('message', sa.String(length=500), nullable=False, comment='告警内容'),
@@ -1450,6 +1531,7 @@ def upgrade():
     sa.Column('deviation_minutes', sa.Integer(), nullable=True, comment='偏差（实际-标准，分钟）'),
     sa.Column('note', sa.Text(), nullable=True, comment='说明（异常原因、缺环说明）'),
     sa.Column('event_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True, comment='来源事件'),
+    sa.Column('qc_findings', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True, comment='质控问题（节点完成时按数据字段与质控规则检查的中文说明；无问题为空）'),
     sa.ForeignKeyConstraint(['order_id'], ['loop_orders.id'], name=op.f('fk_loop_node_states_order_id_loop_orders')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_loop_node_states')),
     sa.UniqueConstraint('order_id', 'node_key', name=op.f('uq_loop_node_states_order_id')),
@@ -1563,6 +1645,11 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_day_surgery_qualifications_dept_id'))
 
     op.drop_table('day_surgery_qualifications')
+    with op.batch_alter_table('day_surgery_cases', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_day_surgery_cases_procedure_id'))
+        batch_op.drop_index('ix_day_surgery_cases_dept_date')
+
+    op.drop_table('day_surgery_cases')
     with op.batch_alter_table('certificate_files', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_certificate_files_certificate_id'))
 
@@ -1590,12 +1677,22 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_process_versions_key'))
 
     op.drop_table('process_versions')
+    with op.batch_alter_table('privilege_dept_catalogue_items', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_privilege_dept_catalogue_items_item_id'))
+        batch_op.drop_index(batch_op.f('ix_privilege_dept_catalogue_items_dept_id'))
+
+    op.drop_table('privilege_dept_catalogue_items')
     with op.batch_alter_table('privilege_applications', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_privilege_applications_instance_id'))
         batch_op.drop_index(batch_op.f('ix_privilege_applications_dept_id'))
         batch_op.drop_index('ix_privilege_applications_applicant_status')
 
     op.drop_table('privilege_applications')
+    op.drop_table('notify_dept_robots')
+    with op.batch_alter_table('notify_accounts', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_notify_accounts_user_id'))
+
+    op.drop_table('notify_accounts')
     with op.batch_alter_table('notifications', schema=None) as batch_op:
         batch_op.drop_index('ix_notifications_user_unread')
 
@@ -1631,11 +1728,10 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_ethics_reviews_applicant_id'))
 
     op.drop_table('ethics_reviews')
-    with op.batch_alter_table('day_surgery_cases', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_day_surgery_cases_procedure_id'))
-        batch_op.drop_index('ix_day_surgery_cases_dept_date')
+    with op.batch_alter_table('day_surgery_procedures', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_day_surgery_procedures_icd9_code'))
 
-    op.drop_table('day_surgery_cases')
+    op.drop_table('day_surgery_procedures')
     with op.batch_alter_table('day_surgery_applications', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_day_surgery_applications_status'))
         batch_op.drop_index(batch_op.f('ix_day_surgery_applications_instance_id'))
@@ -1745,10 +1841,6 @@ def downgrade():
 
     op.drop_table('loop_daily_histograms')
     op.drop_table('interface_mappings')
-    with op.batch_alter_table('day_surgery_procedures', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_day_surgery_procedures_icd9_code'))
-
-    op.drop_table('day_surgery_procedures')
     op.drop_table('certificate_types')
     op.drop_table('campuses')
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:

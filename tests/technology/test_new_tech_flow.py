@@ -183,7 +183,8 @@ def test_follow_up_loop_extend_then_routine(make_project, do, ready, user, db_se
     do(project.instance_id, "progress_review", "mao", decision="extend", comment="例数不足，延期一个周期")
     assert project.status == "extended" and project.extension_count == 1
     _report(project, do, ready, user, "2026年第2季度")
-    do(project.instance_id, "progress_review", "mao", decision="routine", comment="疗效确切，转常规")
+    do(project.instance_id, "progress_review", "mao", decision="routine", comment="疗效确切，转常规",
+       privilege_category="surgery", privilege_grade=3)
     assert project.status == "routine" and project.decided_at is not None
     assert [r.review_decision for r in project.reports] == ["extend", "routine"]
     db_session.refresh(item)

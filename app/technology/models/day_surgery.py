@@ -10,11 +10,12 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.auth.models import Department, User
 from app.db import Model, TimestampMixin, utcnow
+from app.forms.models import StartFormMixin
 
 GRADE_LABELS = {1: "一级", 2: "二级", 3: "三级", 4: "四级"}
 APPLICATION_STATUS_LABELS = {"in_review": "审核中", "returned": "退回修改", "approved": "已批准",
                              "rejected": "未通过", "withdrawn": "已撤回"}
-QUALIFICATION_STATUS_LABELS = {"active": "有效", "revoked": "已取消"}
+QUALIFICATION_STATUS_LABELS = {"active": "有效", "suspended": "已暂停", "revoked": "已取消"}
 
 
 class DaySurgeryProcedure(Model):
@@ -28,18 +29,24 @@ class DaySurgeryProcedure(Model):
     procedure_name: Mapped[str] = mapped_column(String(200), comment="术式名称")
     icd9_code: Mapped[str | None] = mapped_column(String(32), index=True, comment="手术操作编码（ICD-9-CM-3）")
     grade: Mapped[int | None] = mapped_column(comment="手术级别（1–4；演示值须按本院手术分级目录核定）")
+    grade_confirmed_at: Mapped[datetime | None] = mapped_column(comment="手术级别按本院目录核定时间（空=仍为演示值）")
+    grade_confirmed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="手术级别核定人")
     source: Mapped[str | None] = mapped_column(String(200), comment="来源")
     note: Mapped[str | None] = mapped_column(String(500), comment="备注（转录说明、演示数据说明）")
     is_active: Mapped[bool] = mapped_column(default=True, comment="是否在用")
+
+    grade_confirmed_by: Mapped[User | None] = relationship(foreign_keys=[grade_confirmed_by_id])
 
     @property
     def grade_label(self) -> str:
         return GRADE_LABELS.get(self.grade or 0, "未定级")
 
 
-class DaySurgeryApplication(TimestampMixin, Model):
+class DaySurgeryApplication(StartFormMixin, TimestampMixin, Model):
     __tablename__ = "day_surgery_applications"
     __table_args__ = {"comment": "日间手术资质申请"}
+    FORM_KEY = "tech_day_surgery_apply"
+    FORM_COLUMNS = ("procedure_ids", "reason")
     id: Mapped[int] = mapped_column(primary_key=True, comment="主键（申请编号）")
     applicant_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True, comment="申请医师")
     dept_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"), index=True, comment="申请科室")
@@ -76,13 +83,16 @@ class DaySurgeryQualification(Model):
     dept_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"), index=True, comment="科室")
     procedure_id: Mapped[int] = mapped_column(ForeignKey("day_surgery_procedures.id"), index=True, comment="术式")
     application_id: Mapped[int | None] = mapped_column(ForeignKey("day_surgery_applications.id"), comment="来源申请")
-    status: Mapped[str] = mapped_column(String(16), default="active", comment="状态：active/revoked")
+    status: Mapped[str] = mapped_column(String(16), default="active", comment="状态：active 有效/suspended 暂停/revoked 取消")
     valid_from: Mapped[date] = mapped_column(comment="生效日期")
     valid_until: Mapped[date | None] = mapped_column(comment="有效期至")
     granted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="批准人")
     granted_at: Mapped[datetime] = mapped_column(default=utcnow, comment="授予时间")
+    suspended_at: Mapped[datetime | None] = mapped_column(comment="暂停时间（恢复后清空）")
+    suspend_reason: Mapped[str | None] = mapped_column(String(500), comment="暂停原因（恢复后清空，历史见审计日志）")
     revoked_at: Mapped[datetime | None] = mapped_column(comment="取消时间")
-    revoke_reason: Mapped[str | None] = mapped_column(String(500), comment="取消原因")
+    revoked_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="取消操作人")
+    revoke_reason: Mapped[str | None] = mapped_column(String(500), comment="取消原因（含离职时自动取消）")
 
     user: Mapped[User] = relationship(foreign_keys=[user_id], lazy="joined")
     procedure: Mapped[DaySurgeryProcedure] = relationship(lazy="joined")
@@ -123,6 +133,8 @@ class DaySurgeryCase(TimestampMixin, Model):
     transferred: Mapped[bool] = mapped_column(default=False, comment="转科（转入住院病区）")
     delayed_discharge: Mapped[bool] = mapped_column(default=False, comment="延迟出院（超过 48 小时）")
     unplanned_readmission: Mapped[bool] = mapped_column(default=False, comment="出院后 31 天内非计划再入院")
+    is_surgeon_qualified: Mapped[bool | None] = mapped_column(
+        comment="登记时主刀医师是否具备该目录术式的日间手术资质（否=无资质开展；空=无法核对：未填主刀或非目录术式）")
     note: Mapped[str | None] = mapped_column(Text, comment="备注")
     recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="登记人（接口登记为空）")
     voided_at: Mapped[datetime | None] = mapped_column(comment="作废时间（不物理删除）")

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.auth.models import Department, User
 from app.db import Model, TimestampMixin, utcnow
+from app.forms.models import StartFormMixin
 
 
 class EthicsStatus(StrEnum):
@@ -41,12 +42,14 @@ REVIEW_ITEMS = {
 }
 
 
-class EthicsReview(TimestampMixin, Model):
+class EthicsReview(StartFormMixin, TimestampMixin, Model):
     __tablename__ = "ethics_reviews"
     __table_args__ = (
         Index("ix_ethics_reviews_source", "source_kind", "source_id"),
         {"comment": "伦理审查"},
     )
+    FORM_KEY = "tech_ethics_apply"
+    FORM_COLUMNS = ("title", "description")
     id: Mapped[int] = mapped_column(primary_key=True, comment="主键（审查编号）")
     title: Mapped[str] = mapped_column(String(200), comment="审查项目名称")
     source_kind: Mapped[str] = mapped_column(String(16), default="standalone",

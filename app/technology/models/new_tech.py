@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.auth.models import Department, User
 from app.db import Model, TimestampMixin, utcnow
+from app.forms.models import StartFormMixin
 
 
 class ProjectStatus(StrEnum):
@@ -44,12 +45,15 @@ CATEGORY_LABELS = {
 RISK_LABELS = {"low": "低风险", "medium": "中风险", "high": "高风险"}
 
 
-class NewTechProject(TimestampMixin, Model):
+class NewTechProject(StartFormMixin, TimestampMixin, Model):
     __tablename__ = "new_tech_projects"
     __table_args__ = (
         Index("ix_new_tech_projects_dept_status", "dept_id", "status"),
         {"comment": "新技术新项目"},
     )
+    FORM_KEY = "tech_new_apply"
+    FORM_COLUMNS = ("name", "category", "dept_id", "lead_id", "team", "description", "risk_level", "ethics_required",
+                    "expected_cases")
     id: Mapped[int] = mapped_column(primary_key=True, comment="主键（项目编号）")
     name: Mapped[str] = mapped_column(String(200), comment="项目名称")
     category: Mapped[str] = mapped_column(String(16), comment="类别：diagnosis/treatment/surgery/nursing/lab_imaging/other")
@@ -73,6 +77,8 @@ class NewTechProject(TimestampMixin, Model):
     decided_at: Mapped[datetime | None] = mapped_column(comment="办结时间（转常规、终止、未通过、撤回）")
     extension_count: Mapped[int] = mapped_column(default=0, comment="延期次数")
     final_comment: Mapped[str | None] = mapped_column(Text, comment="最终意见")
+    routine_item_id: Mapped[int | None] = mapped_column(
+        ForeignKey("privilege_items.id"), comment="转常规后授权所依的医疗权限目录项目（常规类别）")
 
     dept: Mapped[Department] = relationship(lazy="joined")
     applicant: Mapped[User] = relationship(foreign_keys=[applicant_id], lazy="joined")

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.auth.models import Department, User
 from app.db import Model, TimestampMixin, utcnow
+from app.forms.models import StartFormMixin
 
 
 class RestrictedTechnology(Model):
@@ -45,12 +46,14 @@ RESTRICTED_STATUS_LABELS = {
 }
 
 
-class RestrictedApplication(TimestampMixin, Model):
+class RestrictedApplication(StartFormMixin, TimestampMixin, Model):
     __tablename__ = "restricted_tech_applications"
     __table_args__ = (
         Index("ix_restricted_tech_applications_dept_status", "dept_id", "status"),
         {"comment": "限制类技术临床应用申请与备案"},
     )
+    FORM_KEY = "tech_restricted_apply"
+    FORM_COLUMNS = ("technology_id", "team", "conditions")
     id: Mapped[int] = mapped_column(primary_key=True, comment="主键（申请编号）")
     technology_id: Mapped[int] = mapped_column(ForeignKey("restricted_technologies.id"), index=True,
                                                comment="限制类技术")

@@ -152,6 +152,13 @@ def pick_reviewers(raw_ids: Any, path: str, errors: Errors, *, role: str, noun: 
     return ids, users
 
 
+def person_label(user: User) -> str:
+    """A person as a choice label: 姓名（职称） · 科室."""
+    title = f"（{user.title}）" if user.title else ""
+    dept = f" · {user.dept.name}" if user.dept else ""
+    return f"{user.name}{title}{dept}"
+
+
 def users_with_role(code: str) -> list[User]:
     """Active users holding a role (for expert / ethics-member pickers)."""
     return list(db.session.scalars(

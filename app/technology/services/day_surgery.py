@@ -1,5 +1,15 @@
 """日间手术 (seed 000 §二.4): catalogue, physician qualification through `tech_day_surgery_qualification`, recorded
-cases (page form or JSON API) and the seed's quality indicators for a period and department."""
+cases (page form or JSON API) and the seed's quality indicators for a period and department.
+
+Invariants:
+- the catalogue's grades start as demo values; technology.manage / privileges.manage holders set each item's grade
+  and in-use flag (按本院目录核定), audited with before/after; items are taken out of use, never deleted;
+- a qualification is active, suspended or revoked; only an active one within its dates, held by someone neither
+  departed nor disabled, qualifies (`is_qualified`); suspension, resumption and revocation carry a reason and are
+  audited; a departure revokes them all (app.technology.services.departure);
+- every case records whether its surgeon was qualified for the catalogue procedure when it was recorded, so
+  「无资质开展例数」 stays what it was even after later changes of qualification.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ from app.auth.services import data_scope, has_permission
 from app.core.timefmt import local
 from app.db import db, utcnow
 from app.errors import Forbidden, InvalidTransition, NotFound, ValidationFailed
+from app.forms import start as start_forms
 from app.notify import services as notify
 from app.technology.models.day_surgery import (
     GRADE_LABELS,
@@ -27,7 +38,6 @@ from app.technology.models.day_surgery import (
 from app.technology.services.common import (
     Errors,
     active_user,
-    int_list,
     mask_name,
     mask_number,
     today,
@@ -35,6 +45,7 @@ from app.technology.services.common import (
 )
 
 PROCESS_KEY = "tech_day_surgery_qualification"
+FORM_KEY = DaySurgeryApplication.FORM_KEY
 QUALIFICATION_YEARS = 2
 OPEN_STATUSES = ("in_review", "returned")
 
@@ -48,8 +59,43 @@ def catalogue_query(*, q: str | None = None, specialty: str | None = None, activ
     if q:
         like = f"%{q.strip()}%"
         stmt = stmt.where(or_(DaySurgeryProcedure.procedure_name.ilike(like), DaySurgeryProcedure.disease_name.ilike(like),
-                              DaySurgeryProcedure.icd9_code.ilike(like), DaySurgeryProcedure.icd10_code.ilike(like)))
+                              DaySurgeryProcedure.icd9_code.ilike(like), DaySurgeryProcedure.icd10_code.ilike(like),
+                              DaySurgeryProcedure.code.ilike(like)))
     return stmt
+
+
+def may_edit_catalogue(user: User) -> bool:
+    """Whether the user may set catalogue grades and in-use flags (technology or privilege management)."""
+    return has_permission(user, "technology.manage") or has_permission(user, "privileges.manage")
+
+
+def get_procedure(procedure_id: int) -> DaySurgeryProcedure:
+    row = db.session.get(DaySurgeryProcedure, procedure_id)
+    if row is None:
+        raise NotFound("日间手术目录中没有该术式")
+    return row
+
+
+def update_procedure(*, procedure: DaySurgeryProcedure, data: dict[str, Any], actor: User) -> DaySurgeryProcedure:
+    """Set an item's grade (按本院手术分级目录核定) and in-use flag, audited with before/after.
+    Raises Forbidden, ValidationFailed (per field, nothing changed)."""
+    if not may_edit_catalogue(actor):
+        raise Forbidden("只有医疗技术管理或医疗权限管理人员可以修改日间手术目录")
+    errors = Errors()
+    grade = errors.integer(data, "grade", "手术级别", minimum=1, maximum=4)
+    is_active = errors.flag(data, "is_active", "是否在用")
+    if errors:
+        raise ValidationFailed(dict(errors))
+    before = audit.snapshot(procedure)
+    procedure.grade = grade
+    procedure.is_active = is_active
+    # saving the form is the office's confirmation of the grade, even when the demo value was right
+    procedure.grade_confirmed_at = utcnow()
+    procedure.grade_confirmed_by_id = actor.id
+    db.session.flush()
+    audit.record(actor, "technology.day_surgery_procedure_updated", procedure, before=before,
+                 after=audit.snapshot(procedure))
+    return procedure
 
 
 def specialties() -> list[str]:
@@ -60,24 +106,29 @@ def specialties() -> list[str]:
 # ---------------------------------------------------------------- qualification
 
 
-def apply(*, applicant: User, procedure_ids: list[Any], reason: str) -> DaySurgeryApplication:
-    """Apply for day-surgery qualification on catalogue procedures and start the flow. Raises ValidationFailed."""
+def apply(*, applicant: User, data: Any = None, procedure_ids: list[Any] | None = None,
+          reason: str | None = None) -> DaySurgeryApplication:
+    """Apply for day-surgery qualification on catalogue procedures through the `tech_day_surgery_apply` form
+    (`data`, a dict or form-encoded data; or procedure_ids + reason) and start the flow; the template version and
+    extra fields are kept on the application. Raises ValidationFailed with every problem; nothing is written
+    then."""
+    if data is None:
+        data = {"procedure_ids": list(procedure_ids or []), "reason": reason}
+    form = start_forms.start_form(FORM_KEY)
+    values, template_errors = start_forms.check(form, data)
     errors = Errors()
     if applicant.departed_at is not None or not applicant.is_active:
         errors["applicant"] = "离职或已停用人员不能申请"
-    reason = (reason or "").strip()
-    if not reason:
-        errors["reason"] = "请填写申请理由"
-    elif len(reason) > 2000:
-        errors["reason"] = "申请理由不能超过 2000 字"
-    ids = int_list(procedure_ids, "procedure_ids", errors)
-    if not ids and not any(k.startswith("procedure_ids") for k in errors):
-        errors["procedure_ids"] = "请至少选择一个日间手术术式"
+    chosen = values.get("procedure_ids")
+    chosen = chosen if isinstance(chosen, list) else []
+    # positions are kept so each problem lands on its own procedure_ids/<n>; malformed entries the template names
+    ids = [pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None for pid in chosen]
+    wanted = [pid for pid in ids if pid is not None]
     procedures = {p.id: p for p in db.session.scalars(select(DaySurgeryProcedure)
-                                                      .where(DaySurgeryProcedure.id.in_(ids)))} if ids else {}
+                                                      .where(DaySurgeryProcedure.id.in_(wanted)))} if wanted else {}
     held = set(db.session.scalars(select(DaySurgeryQualification.procedure_id).where(
         DaySurgeryQualification.user_id == applicant.id, DaySurgeryQualification.status == "active",
-        DaySurgeryQualification.procedure_id.in_(ids)))) if ids else set()
+        DaySurgeryQualification.procedure_id.in_(wanted)))) if wanted else set()
     pending: set[int] = set()
     for row in db.session.scalars(select(DaySurgeryApplication).where(
             DaySurgeryApplication.applicant_id == applicant.id, DaySurgeryApplication.status.in_(OPEN_STATUSES))):
@@ -85,6 +136,9 @@ def apply(*, applicant: User, procedure_ids: list[Any], reason: str) -> DaySurge
     seen: set[int] = set()
     for idx, pid in enumerate(ids):
         path = f"procedure_ids/{idx}"
+        if pid is None:
+            errors[path] = "术式编号无效"
+            continue
         proc = procedures.get(pid)
         if pid in seen:
             errors[path] = "重复选择了同一术式"
@@ -95,16 +149,21 @@ def apply(*, applicant: User, procedure_ids: list[Any], reason: str) -> DaySurge
         elif pid in pending:
             errors[path] = f"“{proc.procedure_name}”已有审核中的申请"
         seen.add(pid)
-    if errors:
-        raise ValidationFailed(dict(errors))
+    problems = start_forms.merge_errors(template_errors, errors)
+    if problems:
+        raise ValidationFailed(problems, message=f"“{form.title}”填写有误，请按提示修改")
+    ids_ok = [pid for pid in ids if pid is not None]
+    reason = str(values["reason"])
     dept = db.session.get(Department, applicant.dept_id) if applicant.dept_id else None
     application = DaySurgeryApplication(applicant_id=applicant.id, dept_id=applicant.dept_id,
-                                        campus_id=dept.campus_id if dept else None, procedure_ids=ids, reason=reason,
-                                        status="in_review", submitted_at=utcnow())
+                                        campus_id=dept.campus_id if dept else None, procedure_ids=ids_ok,
+                                        reason=reason, status="in_review", submitted_at=utcnow(),
+                                        form_version=form.version,
+                                        form_data=start_forms.extra(form, values, DaySurgeryApplication.FORM_COLUMNS))
     application.applicant = applicant
     db.session.add(application)
     db.session.flush()
-    names = [procedures[i].procedure_name for i in ids]
+    names = [procedures[i].procedure_name for i in ids_ok]
     from app.workflow import services as wf
 
     instance = wf.start(key=PROCESS_KEY, business_key=application.number,
@@ -186,7 +245,8 @@ def finalize(*, instance: Any, data: dict[str, Any], actor: Any) -> DaySurgeryAp
 def qualifications_query(*, viewer: User, dept_id: int | None = None, q: str | None = None) -> Select:
     scope = data_scope(viewer, "technology.view")
     stmt = (select(DaySurgeryQualification).join(User, DaySurgeryQualification.user_id == User.id)
-            .join(DaySurgeryProcedure).order_by(DaySurgeryQualification.dept_id, User.name, DaySurgeryProcedure.code))
+            .join(DaySurgeryProcedure, DaySurgeryQualification.procedure_id == DaySurgeryProcedure.id)
+            .order_by(DaySurgeryQualification.dept_id, User.name, DaySurgeryProcedure.code))
     stmt = scope.filter(stmt, user_col=DaySurgeryQualification.user_id, dept_col=DaySurgeryQualification.dept_id)
     if dept_id:
         stmt = stmt.where(DaySurgeryQualification.dept_id == dept_id)
@@ -202,6 +262,27 @@ def applications_query(*, viewer: User) -> Select:
     return scope.filter(stmt, user_col=DaySurgeryApplication.applicant_id, dept_col=DaySurgeryApplication.dept_id)
 
 
+def procedure_label(p: DaySurgeryProcedure) -> str:
+    """A catalogue item as a choice label: 专业｜病种｜术式（编码，级别）."""
+    code = f"{p.icd9_code}，" if p.icd9_code else ""
+    return f"{p.specialty}｜{p.disease_name}｜{p.procedure_name}（{code}{p.grade_label}）"
+
+
+def get_application(*, application_id: int, viewer: User) -> DaySurgeryApplication:
+    """A qualification application the viewer may see (own, or in the technology.view scope).
+    Raises NotFound, Forbidden."""
+    application = db.session.get(DaySurgeryApplication, application_id)
+    if application is None:
+        raise NotFound("日间手术资质申请不存在")
+    if viewer.id != application.applicant_id and not (
+            has_permission(viewer, "technology.view")
+            and data_scope(viewer, "technology.view").allows(user_id=application.applicant_id,
+                                                             dept_id=application.dept_id,
+                                                             campus_id=application.campus_id)):
+        raise Forbidden("您无权查看该申请")
+    return application
+
+
 def procedures_of(application: DaySurgeryApplication) -> list[DaySurgeryProcedure]:
     ids = [int(i) for i in application.procedure_ids or []]
     rows = {p.id: p for p in db.session.scalars(select(DaySurgeryProcedure).where(DaySurgeryProcedure.id.in_(ids)))}
@@ -209,11 +290,100 @@ def procedures_of(application: DaySurgeryApplication) -> list[DaySurgeryProcedur
 
 
 def is_qualified(*, user_id: int, procedure_id: int, on: date | None = None) -> bool:
+    """An active qualification in force on `on` (default today), held by someone neither departed nor disabled."""
     on = on or today()
-    return bool(db.session.scalar(select(DaySurgeryQualification.id).where(
+    return bool(db.session.scalar(select(DaySurgeryQualification.id).join(
+        User, DaySurgeryQualification.user_id == User.id).where(
         DaySurgeryQualification.user_id == user_id, DaySurgeryQualification.procedure_id == procedure_id,
         DaySurgeryQualification.status == "active", DaySurgeryQualification.valid_from <= on,
-        or_(DaySurgeryQualification.valid_until.is_(None), DaySurgeryQualification.valid_until >= on)).limit(1)))
+        or_(DaySurgeryQualification.valid_until.is_(None), DaySurgeryQualification.valid_until >= on),
+        User.departed_at.is_(None), User.is_active.is_(True)).limit(1)))
+
+
+def get_qualification(qualification_id: int, *, manager: User | None = None) -> DaySurgeryQualification:
+    """A qualification; with `manager`, only within that user's technology.manage scope. Raises NotFound, Forbidden."""
+    row = db.session.get(DaySurgeryQualification, qualification_id)
+    if row is None:
+        raise NotFound("日间手术资质不存在")
+    if manager is not None and not (has_permission(manager, "technology.manage") and data_scope(
+            manager, "technology.manage").allows(user_id=row.user_id, dept_id=row.dept_id)):
+        raise Forbidden("您无权管理该日间手术资质")
+    return row
+
+
+def _reason(reason: str, label: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationFailed({"reason": f"请填写{label}"})
+    if len(reason) > 500:
+        raise ValidationFailed({"reason": f"{label}不能超过 500 字"})
+    return reason
+
+
+def _tell_holder(q: DaySurgeryQualification, title: str, reason: str) -> None:
+    notify.notify(user_ids=[q.user_id], title=title, body=f"{q.procedure.procedure_name}：{reason}",
+                  link="/technology/day-surgery/qualifications", kind="result")
+
+
+def suspend_qualification(*, qualification: DaySurgeryQualification, reason: str, actor: User,
+                          notify_holder: bool = True) -> DaySurgeryQualification:
+    """Suspend an active qualification at once (is_qualified answers False until resumed); audited, the holder is
+    told. Raises ValidationFailed (no reason), InvalidTransition (not active)."""
+    reason = _reason(reason, "暂停原因")
+    if qualification.status != "active":
+        raise InvalidTransition(f"该资质当前为“{qualification.status_label}”，只有有效的资质可以暂停",
+                                qualification_id=qualification.id)
+    qualification.status = "suspended"
+    qualification.suspended_at = utcnow()
+    qualification.suspend_reason = reason
+    db.session.flush()
+    audit.record(actor, "technology.day_surgery_qualification_suspended", qualification,
+                 before={"status": "active"}, after={"status": "suspended", "reason": reason})
+    if notify_holder:
+        _tell_holder(qualification, "日间手术资质已暂停", reason)
+    return qualification
+
+
+def resume_qualification(*, qualification: DaySurgeryQualification, reason: str,
+                         actor: User) -> DaySurgeryQualification:
+    """Lift a suspension (audited, the holder is told). Raises ValidationFailed, InvalidTransition (not suspended,
+    or the holder departed / disabled)."""
+    reason = _reason(reason, "恢复理由")
+    if qualification.status != "suspended":
+        raise InvalidTransition(f"该资质当前为“{qualification.status_label}”，只有暂停的资质可以恢复",
+                                qualification_id=qualification.id)
+    holder = qualification.user
+    if holder.departed_at is not None or not holder.is_active:
+        raise InvalidTransition(f"{holder.name}已离职或账号已停用，不能恢复资质", qualification_id=qualification.id)
+    before = {"status": "suspended", "suspend_reason": qualification.suspend_reason}
+    qualification.status = "active"
+    qualification.suspended_at = None
+    qualification.suspend_reason = None
+    db.session.flush()
+    audit.record(actor, "technology.day_surgery_qualification_resumed", qualification, before=before,
+                 after={"status": "active", "reason": reason})
+    _tell_holder(qualification, "日间手术资质已恢复", reason)
+    return qualification
+
+
+def revoke_qualification(*, qualification: DaySurgeryQualification, reason: str, actor: User | str | None,
+                         notify_holder: bool = True) -> DaySurgeryQualification:
+    """Revoke an active or suspended qualification for good (kept on record with who/when/why; audited).
+    Raises ValidationFailed (no reason), InvalidTransition (already revoked)."""
+    reason = _reason(reason, "取消原因")
+    if qualification.status == "revoked":
+        raise InvalidTransition("该资质已取消", qualification_id=qualification.id)
+    before = {"status": qualification.status}
+    qualification.status = "revoked"
+    qualification.revoked_at = utcnow()
+    qualification.revoked_by_id = getattr(actor, "id", None)
+    qualification.revoke_reason = reason
+    db.session.flush()
+    audit.record(actor, "technology.day_surgery_qualification_revoked", qualification, before=before,
+                 after={"status": "revoked", "reason": reason})
+    if notify_holder:
+        _tell_holder(qualification, "日间手术资质已取消", reason)
+    return qualification
 
 
 # ---------------------------------------------------------------- cases
@@ -361,6 +531,12 @@ def record_case(*, data: dict[str, Any], actor: User | None, source_system: str 
             return existing, False
     clean = validate_case(data, prefix=prefix)
     _case_allowed(actor, clean["dept"])
+    surgeon, procedure = clean["surgeon"], clean["procedure"]
+    qualified = None
+    if surgeon is not None and procedure is not None:
+        # judged once, when recorded, on the day of the operation (of the booking if cancelled that day)
+        qualified = is_qualified(user_id=surgeon.id, procedure_id=procedure.id,
+                                 on=clean["surgery_date"] or clean["scheduled_date"])
     row = DaySurgeryCase(
         source_system=source_system[:64], external_id=external_id or f"M{uuid.uuid4().hex[:16]}",
         patient_name=clean["patient_name"], patient_no=clean["patient_no"], dept_id=clean["dept"].id,
@@ -369,7 +545,7 @@ def record_case(*, data: dict[str, Any], actor: User | None, source_system: str 
         procedure_name=clean["procedure_name"], grade=clean["grade"], scheduled_date=clean["scheduled_date"],
         admitted_on=clean["admitted_on"], surgery_date=clean["surgery_date"], discharged_on=clean["discharged_on"],
         cancel_reason=clean["cancel_reason"], note=clean["note"], recorded_by_id=actor.id if actor else None,
-        **{k: clean[k] for k in OUTCOME_FLAGS})
+        is_surgeon_qualified=qualified, **{k: clean[k] for k in OUTCOME_FLAGS})
     db.session.add(row)
     db.session.flush()
     audit.record(actor or source_system, "technology.day_surgery_case_recorded", row, after=audit.snapshot(row))
@@ -418,6 +594,7 @@ class CaseFilter:
     outcome: str | None = None
     q: str | None = None
     include_voided: bool = False
+    unqualified: bool = False
 
 
 def _viewer_scope(viewer: User):
@@ -444,6 +621,8 @@ def cases_query(*, viewer: User | None, filters: CaseFilter | None = None) -> Se
         stmt = stmt.where(DaySurgeryCase.dept_id == f.dept_id)
     if f.outcome in OUTCOME_FLAGS:
         stmt = stmt.where(getattr(DaySurgeryCase, f.outcome).is_(True))
+    if f.unqualified:
+        stmt = stmt.where(DaySurgeryCase.is_surgeon_qualified.is_(False))
     if f.q:
         like = f"%{f.q.strip()}%"
         stmt = stmt.where(or_(DaySurgeryCase.procedure_name.ilike(like), DaySurgeryCase.procedure_code.ilike(like),
@@ -472,7 +651,8 @@ def indicators(*, viewer: User | None, start: date, end: date, dept_id: int | No
     """The seed's day-surgery indicators for cases scheduled in [start, end] within the viewer's scope.
 
     Definitions (日间手术质量控制指标): 开展例数 = scheduled cases not cancelled on the day; 当日取消率 = cancelled on
-    the day / scheduled; the other rates are over cases performed. Voided records are excluded."""
+    the day / scheduled; the other rates are over cases performed; 无资质开展例数 = performed cases whose surgeon
+    held no qualification for the catalogue procedure when recorded. Voided records are excluded."""
     if end < start:
         raise ValidationFailed({"end": "结束日期不能早于开始日期"})
     base = cases_query(viewer=viewer, filters=CaseFilter(start=start, end=end, dept_id=dept_id)).order_by(None)
@@ -489,8 +669,9 @@ def indicators(*, viewer: User | None, start: date, end: date, dept_id: int | No
         count_if(and_(performed, sub.c.transferred.is_(True))),
         count_if(and_(performed, sub.c.delayed_discharge.is_(True))),
         count_if(and_(performed, sub.c.unplanned_readmission.is_(True))),
+        count_if(and_(performed, sub.c.is_surgeon_qualified.is_(False))),
     )).one()
-    scheduled, cancelled, cases, reop, compl, transfers, delayed, readmit = (int(x or 0) for x in row)
+    scheduled, cancelled, cases, reop, compl, transfers, delayed, readmit, unqualified = (int(x or 0) for x in row)
     distinct_key = func.coalesce(sub.c.procedure_code, sub.c.procedure_name)
     procedures = int(db.session.scalar(select(func.count(func.distinct(distinct_key))).where(performed)) or 0)
     per_grade = {g: 0 for g in GRADE_LABELS}
@@ -504,6 +685,7 @@ def indicators(*, viewer: User | None, start: date, end: date, dept_id: int | No
         "complication_rate": _rate(compl, cases), "transfers": transfers, "transfer_rate": _rate(transfers, cases),
         "delayed_discharges": delayed, "delayed_discharge_rate": _rate(delayed, cases),
         "unplanned_readmissions": readmit, "unplanned_readmission_rate": _rate(readmit, cases),
+        "unqualified": unqualified,
     }
 
 
@@ -526,6 +708,7 @@ INDICATOR_ROWS = [
     ("transfers", "transfer_rate", "日间手术转科（例/率）", "%"),
     ("delayed_discharges", "delayed_discharge_rate", "日间手术延迟出院（例/率）", "%"),
     ("unplanned_readmissions", "unplanned_readmission_rate", "日间手术非计划再入院（例/率）", "%"),
+    ("unqualified", None, "无资质开展例数", "例"),
 ]
 
 
@@ -547,11 +730,11 @@ def indicators_workbook(*, figures: dict[str, Any], by_dept: list[tuple[Departme
     ws.column_dimensions["A"].width = 34
     ws2 = wb.create_sheet("分科室")
     ws2.append(["科室", "预约例数", "开展例数", "术式数", "一级", "二级", "三级", "四级", "当日取消率%", "非计划再手术率%",
-                "并发症发生率%", "转科例数", "延迟出院例数", "非计划再入院率%"])
+                "并发症发生率%", "转科例数", "延迟出院例数", "非计划再入院率%", "无资质开展例数"])
     for dept, f in by_dept:
         ws2.append([dept.name, f["scheduled"], f["cases"], f["procedures"], *[f["per_grade"][g] for g in GRADE_LABELS],
                     f["cancellation_rate"], f["unplanned_reoperation_rate"], f["complication_rate"], f["transfers"],
-                    f["delayed_discharges"], f["unplanned_readmission_rate"]])
+                    f["delayed_discharges"], f["unplanned_readmission_rate"], f["unqualified"]])
     ws2.freeze_panes = "B2"
     buf = BytesIO()
     wb.save(buf)
@@ -559,7 +742,9 @@ def indicators_workbook(*, figures: dict[str, Any], by_dept: list[tuple[Departme
 
 
 CASE_COLUMNS = ["登记号", "来源", "患者", "病案号", "科室", "主刀医师", "术式", "手术操作编码", "级别", "预约日期", "入院日期",
-                "手术日期", "出院日期", *OUTCOME_FLAGS.values(), "登记时间"]
+                "手术日期", "出院日期", *OUTCOME_FLAGS.values(), "主刀资质（登记时）", "登记时间"]
+
+QUALIFIED_LABELS = {True: "有资质", False: "无资质", None: "未核对"}
 
 
 def cases_workbook(rows: list[DaySurgeryCase]) -> bytes:
@@ -572,5 +757,6 @@ def cases_workbook(rows: list[DaySurgeryCase]) -> bytes:
     data = [[c.external_id, c.source_system, c.patient_name, mask_number(c.patient_no), c.dept.name,
              c.surgeon.name if c.surgeon else "", c.procedure_name, c.procedure_code or "", c.grade_label,
              d(c.scheduled_date), d(c.admitted_on), d(c.surgery_date), d(c.discharged_on),
-             *[yn(getattr(c, k)) for k in OUTCOME_FLAGS], local(c.created_at)] for c in rows]
+             *[yn(getattr(c, k)) for k in OUTCOME_FLAGS], QUALIFIED_LABELS[c.is_surgeon_qualified],
+             local(c.created_at)] for c in rows]
     return workbook("日间手术病例", CASE_COLUMNS, data, [18, 8, 8, 12, 10, 8, 30, 12, 6, 12, 12, 12, 12])

@@ -14,6 +14,7 @@ from app.auth.services import data_scope, has_permission
 from app.core.timefmt import local
 from app.db import db, utcnow
 from app.errors import DomainError, Forbidden, NotFound, ValidationFailed
+from app.forms import start as start_forms
 from app.notify import services as notify
 from app.technology.models.ethics import (
     DECISION_LABELS,
@@ -33,6 +34,7 @@ from app.technology.services.common import (
 )
 
 PROCESS_KEY = "tech_ethics_review"
+FORM_KEY = EthicsReview.FORM_KEY
 DONE_MESSAGE = "tech_ethics_done"
 # 会议审查 needs a quorum; 快速审查 is done by one or two designated members (涉及人的生命科学和医学研究伦理审查办法)
 MIN_MEETING_MEMBERS = 3
@@ -109,21 +111,26 @@ def _start(review: EthicsReview, actor: User) -> None:
     db.session.flush()
 
 
-def apply(*, applicant: User, data: dict[str, Any]) -> EthicsReview:
-    """A standalone ethics application; the ethics office then chooses mode and members. Raises ValidationFailed."""
+def apply(*, applicant: User, data: Any) -> EthicsReview:
+    """A standalone ethics application from the `tech_ethics_apply` form (a dict or form-encoded data); the
+    ethics office then chooses mode and members. The template version and extra fields are kept on the review.
+    Raises ValidationFailed with every problem; nothing is written then."""
+    form = start_forms.start_form(FORM_KEY)
+    values, template_errors = start_forms.check(form, data)
     errors = Errors()
     if applicant.departed_at is not None or not applicant.is_active:
         errors["applicant"] = "离职或已停用人员不能申请"
-    title = errors.text(data, "title", "审查项目名称", max_len=200)
-    description = errors.text(data, "description", "审查内容简介", max_len=4000)
     if applicant.dept_id is None:
         errors["dept_id"] = "申请人未归属科室，请先完善科室信息"
-    if errors:
-        raise ValidationFailed(dict(errors))
+    problems = start_forms.merge_errors(template_errors, errors)
+    if problems:
+        raise ValidationFailed(problems, message=f"“{form.title}”填写有误，请按提示修改")
+    title, description = str(values["title"]), str(values["description"])
     dept = db.session.get(Department, applicant.dept_id)
     review = EthicsReview(title=title, source_kind="standalone", applicant_id=applicant.id, dept_id=applicant.dept_id,
                           campus_id=dept.campus_id if dept else None, description=description,
-                          status=EthicsStatus.PENDING_SETUP)
+                          status=EthicsStatus.PENDING_SETUP, form_version=form.version,
+                          form_data=start_forms.extra(form, values, EthicsReview.FORM_COLUMNS))
     review.applicant = applicant
     db.session.add(review)
     db.session.flush()

@@ -3,17 +3,21 @@ and one evaluation a year per item through `tech_high_risk_eval`."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.exc import IntegrityError
 
 from app.audit import services as audit
 from app.auth.models import Department, User
 from app.auth.services import data_scope
+from app.core.timefmt import SHANGHAI
 from app.db import db, utcnow
-from app.errors import Forbidden, InvalidTransition, NotFound, ValidationFailed
+from app.errors import DomainError, Forbidden, InvalidTransition, NotFound, ValidationFailed
+from app.notify import services as notify
 from app.technology.models.high_risk import (
     EVALUATION_STATUS_LABELS,
     HIGH_RISK_CATEGORY_LABELS,
@@ -24,6 +28,7 @@ from app.technology.models.high_risk import (
 )
 from app.technology.services.common import Errors, active_user, today, workbook
 
+log = logging.getLogger(__name__)
 PROCESS_KEY = "tech_high_risk_eval"
 EDITABLE = ("code", "name", "category", "dept_id", "procedure_code", "requirements", "privilege_item_id", "note")
 
@@ -167,32 +172,120 @@ def linked_grants(item: HighRiskItem) -> list[Any]:
 # ---------------------------------------------------------------- yearly evaluation
 
 
-def start_evaluation(*, item: HighRiskItem, actor: User, year: int | None = None) -> HighRiskEvaluation:
-    """Start this year's evaluation of an item (one per item and year). Raises InvalidTransition."""
+SYSTEM_ACTOR = "medloop-scheduler"  # how the scheduler signs audit rows (as the privilege expiry job does)
+OPEN_EVALUATION_STATUSES = ("in_progress", "rectify")
+
+
+def evaluation_initiator(item: HighRiskItem) -> User | None:
+    """The 医务处 member a scheduled evaluation of an item is started in the name of: the first (by id) active
+    holder of the `mao` role whose technology.manage scope covers the item's department — the people the
+    evaluation's 发起 and 医务处评估 steps belong to in `tech_high_risk_eval`. None when nobody qualifies."""
+    from app.auth.models import Role, UserRole
+    from app.auth.services import has_permission
+
+    users = db.session.scalars(
+        select(User).join(UserRole, UserRole.user_id == User.id).join(Role, Role.id == UserRole.role_id)
+        .where(Role.code == "mao", User.is_active.is_(True), User.departed_at.is_(None))
+        .order_by(User.id)).unique()
+    for user in users:
+        if has_permission(user, "technology.manage") and data_scope(user, "technology.manage").allows(
+                dept_id=item.dept_id, campus_id=item.dept.campus_id):
+            return user
+    return None
+
+
+def start_evaluation(*, item: HighRiskItem, actor: User | str, year: int | None = None) -> HighRiskEvaluation:
+    """Start this year's evaluation of an item (one per item and year); the department heads get the self-evaluation
+    task (notified by the workflow). `actor` is the user pressing the button, or SYSTEM_ACTOR for the yearly job:
+    the flow is then started in the name of evaluation_initiator(item) and the audit row names both.
+    Raises InvalidTransition (also when a system start finds no office member for the department)."""
     year = year or today().year
     if item.status == "retired":
         raise InvalidTransition("已停用的技术无需评估")
+    initiator = evaluation_initiator(item) if isinstance(actor, str) else actor
+    if initiator is None:
+        raise InvalidTransition(f"没有负责{item.dept.name}的医务处人员，无法自动发起{item.name}的年度评估")
     existing = db.session.scalar(select(HighRiskEvaluation).where(HighRiskEvaluation.item_id == item.id,
                                                                   HighRiskEvaluation.year == year))
     if existing is not None and existing.status != "withdrawn":
         raise InvalidTransition(f"{item.name} {year} 年度评估已发起（{existing.status_label}）")
     evaluation = existing or HighRiskEvaluation(item_id=item.id, year=year)
     evaluation.status = "in_progress"
-    evaluation.started_by_id = actor.id
+    evaluation.started_by_id = initiator.id
     evaluation.item = item
     db.session.add(evaluation)
     db.session.flush()
     from app.workflow import services as wf
 
     instance = wf.start(key=PROCESS_KEY, business_key=evaluation.number, title=f"高风险技术年度评估：{item.name}（{year}）",
-                        actor=actor, dept_id=item.dept_id, campus_id=item.dept.campus_id,
+                        actor=initiator, dept_id=item.dept_id, campus_id=item.dept.campus_id,
                         data={"evaluation_id": evaluation.id, "item_code": item.code, "item_name": item.name,
                               "dept_name": item.dept.name, "year": year})
     evaluation.instance_id = instance.id
     db.session.flush()
-    audit.record(actor, "technology.high_risk_evaluation_started", evaluation,
-                 after={"item": item.code, "year": year, "instance_id": instance.id})
+    after: dict[str, Any] = {"item": item.code, "year": year, "instance_id": instance.id}
+    if isinstance(actor, str):
+        after |= {"started_by": "定期任务", "initiator": initiator.name}
+    audit.record(actor, "technology.high_risk_evaluation_started", evaluation, after=after)
     return evaluation
+
+
+def _year_before(on: date) -> date:
+    try:
+        return on.replace(year=on.year - 1)
+    except ValueError:  # 29 February
+        return on.replace(year=on.year - 1, day=28)
+
+
+def due_for_yearly_evaluation(*, on: date | None = None) -> Select:
+    """Items in use (status active) whose last evaluation — or, never evaluated, their listing in the catalogue —
+    is at least a year before `on`, with no evaluation open (any year) and none recorded for `on`'s year."""
+    on = on or today()
+    cutoff = _year_before(on)
+    listed_before = datetime.combine(cutoff + timedelta(days=1), time.min, tzinfo=SHANGHAI)
+    taken = select(HighRiskEvaluation.item_id).where(or_(HighRiskEvaluation.status.in_(OPEN_EVALUATION_STATUSES),
+                                                         HighRiskEvaluation.year == on.year))
+    return (select(HighRiskItem)
+            .where(HighRiskItem.status == "active", HighRiskItem.id.not_in(taken),
+                   or_(HighRiskItem.last_evaluated_on <= cutoff,
+                       and_(HighRiskItem.last_evaluated_on.is_(None), HighRiskItem.created_at < listed_before)))
+            .order_by(HighRiskItem.id))
+
+
+def start_yearly_evaluations(*, on: date | None = None, actor: str = SYSTEM_ACTOR) -> dict[str, int]:
+    """每年评估一次 without a button (seed 000 §二.3): start the evaluation of every item due_for_yearly_evaluation,
+    each in its own savepoint, in the name of the office member responsible for its department; tell each such
+    member in one notice what was started. Running it again starts nothing more (an open or this year's evaluation
+    excludes an item; concurrent runs skip rows another run holds, and one per item and year is unique).
+    Returns counts: started, no_initiator, failed."""
+    on = on or today()
+    stmt = due_for_yearly_evaluation(on=on)
+    if db.session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(of=HighRiskItem, skip_locked=True)
+    counts = {"started": 0, "no_initiator": 0, "failed": 0}
+    started: dict[int, list[str]] = {}
+    for item in list(db.session.scalars(stmt).unique()):
+        if evaluation_initiator(item) is None:
+            counts["no_initiator"] += 1
+            log.warning("high-risk item %s is due for its yearly evaluation but no 医务处 member covers dept %s",
+                        item.code, item.dept_id)
+            continue
+        try:
+            with db.session.begin_nested():
+                evaluation = start_evaluation(item=item, actor=actor, year=on.year)
+        except (DomainError, IntegrityError):
+            counts["failed"] += 1
+            log.exception("could not start the yearly evaluation of high-risk item %s", item.code)
+            continue
+        counts["started"] += 1
+        if evaluation.started_by_id is not None:
+            started.setdefault(evaluation.started_by_id, []).append(f"{item.name}（{item.dept.name}）")
+    for user_id, names in started.items():
+        notify.notify(user_ids=[user_id], title=f"已自动发起 {len(names)} 项高风险诊疗技术{on.year}年度评估",
+                      body="距上次评估已满一年：" + "、".join(names[:20]) + (f" 等 {len(names)} 项" if len(names) > 20 else "")
+                      + "。已通知各科主任自评。", link="/technology/high-risk/", kind="info")
+    db.session.flush()
+    return counts
 
 
 def start_due_evaluations(*, actor: User, year: int | None = None) -> int:
@@ -347,6 +440,9 @@ def is_authorised(*, user_id: int, item: HighRiskItem, on: date | None = None) -
     on = on or today()
     if item.status != "active":
         return False
+    person = db.session.get(User, user_id)
+    if person is None or not person.is_active or person.departed_at is not None:
+        return False  # a departed or disabled person performs nothing, whatever rows remain
     for a in item.authorizations:
         if a.user_id == user_id and a.status == "active" and a.valid_from <= on and (
                 a.valid_until is None or a.valid_until >= on):

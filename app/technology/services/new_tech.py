@@ -13,6 +13,7 @@ from app.auth.services import data_scope, has_permission
 from app.core.timefmt import local
 from app.db import db, utcnow
 from app.errors import Forbidden, ValidationFailed
+from app.forms import start as start_forms
 from app.notify import services as notify
 from app.privileges import services as privileges
 from app.technology.models.new_tech import (
@@ -33,6 +34,7 @@ from app.technology.services.common import (
 )
 
 PROCESS_KEY = "tech_new_project"
+FORM_KEY = NewTechProject.FORM_KEY
 MIN_EXPERTS = 2
 MAX_EXPERTS = 9
 TEAM_MAX = 20
@@ -51,38 +53,49 @@ def _team(raw: Any, errors: Errors) -> list[str]:
     return team
 
 
-def validate_application(*, applicant: User, data: dict[str, Any]) -> dict[str, Any]:
-    """Check an application's fields; returns the clean values. Raises ValidationFailed (field paths, Chinese)."""
+def validate_application(*, applicant: User, data: Any) -> dict[str, Any]:
+    """Check an application against the latest `tech_new_apply` template and the business rules (department,
+    lead, ethics for high risk, team lines); returns the clean values, the template (`form`) and the fields
+    without an own column (`form_data`). Raises ValidationFailed (field paths, Chinese) with every problem."""
+    form = start_forms.start_form(FORM_KEY)
+    values, template_errors = start_forms.check(form, data,
+                                                defaults={"dept_id": applicant.dept_id, "lead_id": applicant.id})
     errors = Errors()
     if applicant.departed_at is not None or not applicant.is_active:
         errors["applicant"] = "离职或已停用人员不能申请"
+    category, risk = values.get("category"), values.get("risk_level")
+    # the flow (DMN tech_risk_rules) and the lists know these codes only, whatever options the template offers
+    if isinstance(category, str) and category not in CATEGORY_LABELS:
+        errors["category"] = f"项目类别不在可选范围内（{'、'.join(CATEGORY_LABELS.values())}）"
+    if isinstance(risk, str) and risk not in RISK_LABELS:
+        errors["risk_level"] = f"风险等级不在可选范围内（{'、'.join(RISK_LABELS.values())}）"
+    ethics_required = values.get("ethics_required") is True
     clean: dict[str, Any] = {
-        "name": errors.text(data, "name", "项目名称", max_len=200),
-        "category": errors.choice(data, "category", "项目类别", CATEGORY_LABELS),
-        "risk_level": errors.choice(data, "risk_level", "风险等级", RISK_LABELS),
-        "description": errors.text(data, "description", "项目简介", max_len=4000),
-        "expected_cases": errors.integer(data, "expected_cases", "预计年开展例数", minimum=1, maximum=100000),
-        "ethics_required": errors.flag(data, "ethics_required", "是否需要伦理审查"),
-        "team": _team(data.get("team"), errors),
+        "name": values.get("name"), "category": category, "risk_level": risk,
+        "description": values.get("description"), "expected_cases": values.get("expected_cases"),
+        "ethics_required": ethics_required, "team": _team(values.get("team"), errors),
     }
-    dept_id = errors.integer(data, "dept_id", "开展科室", required=False, minimum=1) or applicant.dept_id
-    dept = db.session.get(Department, dept_id) if dept_id else None
+    dept_id = values.get("dept_id")
+    dept = db.session.get(Department, dept_id) if isinstance(dept_id, int) and dept_id > 0 else None
     if dept is None or not dept.is_active:
-        errors.setdefault("dept_id", "请选择开展科室")
+        errors["dept_id"] = "请选择开展科室"
     elif dept.id != applicant.dept_id and not has_permission(applicant, "technology.manage"):
         errors["dept_id"] = "只能为本科室申请新技术新项目"
     clean["dept"] = dept
-    lead_id = errors.integer(data, "lead_id", "项目负责人", required=False, minimum=1) or applicant.id
-    lead = active_user(lead_id)
+    lead_id = values.get("lead_id")
+    lead = active_user(lead_id) if isinstance(lead_id, int) else None
     if lead is None:
-        errors.setdefault("lead_id", "项目负责人不存在或已停用")
+        errors["lead_id"] = "项目负责人不存在或已停用"
     elif dept is not None and lead.dept_id != dept.id:
         errors["lead_id"] = "项目负责人应为开展科室的医师"
     clean["lead"] = lead
-    if clean["risk_level"] == "high" and not clean["ethics_required"]:
+    if risk == "high" and not ethics_required:
         errors["ethics_required"] = "高风险项目须经伦理审查"
-    if errors:
-        raise ValidationFailed(dict(errors))
+    problems = start_forms.merge_errors(template_errors, errors)
+    if problems:
+        raise ValidationFailed(problems, message=f"“{form.title}”填写有误，请按提示修改")
+    clean["form"] = form
+    clean["form_data"] = start_forms.extra(form, values, NewTechProject.FORM_COLUMNS)
     return clean
 
 
@@ -97,15 +110,18 @@ def flow_data(project: NewTechProject, *, report_interval_override: str | None =
     }
 
 
-def apply(*, applicant: User, data: dict[str, Any], report_interval_override: str | None = None) -> NewTechProject:
-    """Create a project and start `tech_new_project` (audited). Raises ValidationFailed; nothing is written then."""
+def apply(*, applicant: User, data: Any, report_interval_override: str | None = None) -> NewTechProject:
+    """Create a project from the application form (a dict or form-encoded data) and start `tech_new_project`
+    (audited); the template version and the office's extra fields are kept on the project. Raises
+    ValidationFailed; nothing is written then."""
     clean = validate_application(applicant=applicant, data=data)
     dept: Department = clean["dept"]
     project = NewTechProject(
         name=clean["name"], category=clean["category"], dept_id=dept.id, campus_id=dept.campus_id,
         applicant_id=applicant.id, lead_id=clean["lead"].id, team=clean["team"], description=clean["description"],
         risk_level=clean["risk_level"], ethics_required=clean["ethics_required"],
-        expected_cases=clean["expected_cases"], status=ProjectStatus.DEPT_REVIEW, submitted_at=utcnow())
+        expected_cases=clean["expected_cases"], status=ProjectStatus.DEPT_REVIEW, submitted_at=utcnow(),
+        form_version=clean["form"].version, form_data=clean["form_data"])
     project.dept, project.applicant, project.lead = dept, applicant, clean["lead"]
     db.session.add(project)
     db.session.flush()
@@ -239,6 +255,8 @@ def on_task_complete(*, instance: Any, task: Any, data: dict[str, Any], actor: U
         db.session.flush()
         audit.record(actor, "technology.progress_reported", report, after=audit.snapshot(report))
     elif spec == "progress_review":
+        if decision == "routine":  # checked before anything is written: the end hook acts on the same choice
+            routine_choice(data)
         latest = db.session.scalar(select(ProgressReport).where(ProgressReport.project_id == project.id)
                                    .order_by(ProgressReport.id.desc()).limit(1))
         if latest is not None:
@@ -280,8 +298,45 @@ def _record_expert_review(project: NewTechProject, task: Any, data: dict[str, An
         _set_status(project, nxt, actor, expert_count=project.expert_count, expert_avg=project.expert_avg)
 
 
+# 转常规 (seed 000 §二.1, §三.9): the 医务处审核进展 form's fields naming the ordinary privilege category
+ROUTINE_FIELDS = {"category": "privilege_category", "grade_level": "privilege_grade",
+                  "procedure_code": "procedure_code"}
+
+
+def routine_choice(data: dict[str, Any]) -> dict[str, Any]:
+    """The ordinary privilege category (grade where it has grades, optional ICD-9-CM-3 code) chosen for a project
+    turning routine. Raises ValidationFailed with the form's field paths (privilege_category, privilege_grade,
+    procedure_code) and Chinese messages."""
+    errors = Errors()
+    category = str(data.get("privilege_category") or "").strip() or None
+    grade = errors.integer(data, "privilege_grade", "授权级别", required=False, minimum=1, maximum=4)
+    procedure_code = errors.text(data, "procedure_code", "手术操作编码", required=False, max_len=32)
+    for key, message in privileges.routine_target_errors(category_code=category, grade_level=grade,
+                                                         procedure_code=procedure_code).items():
+        errors.setdefault(ROUTINE_FIELDS[key], message)
+    if errors:
+        raise ValidationFailed(dict(errors))
+    return {"category_code": category, "grade_level": grade, "procedure_code": procedure_code}
+
+
+def _routine_submission(instance: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """The data of the 医务处审核进展 submission that decided 转常规 (the flow's own data may still carry fields
+    an earlier review round filled in)."""
+    from app.workflow import services as wf
+
+    for log in reversed(wf.history(instance.id)):
+        if log.spec_name == "progress_review" and log.action in ("complete", "send_back"):
+            if isinstance(log.data, dict) and log.data.get("decision") == "routine":
+                return log.data
+            break
+    return data
+
+
 def finalize(*, instance: Any, data: dict[str, Any], actor: Any) -> NewTechProject | None:
-    """End hook: routine / stopped / rejected / withdrawn. Notifies the applicant and audits. Idempotent."""
+    """End hook: routine / stopped / rejected / withdrawn. Notifies the applicant and audits. Idempotent.
+    转常规 authorises the technology under the ordinary category chosen in the last review (its item created or
+    reused, the project's grant holders re-granted, their project grants ended); raises ValidationFailed when
+    that choice is missing or wrong, which undoes the whole completion."""
     project = project_for_instance(instance)
     if project is None or str(project.status) in ("routine", "terminated", "rejected", "withdrawn"):
         return project
@@ -290,19 +345,43 @@ def finalize(*, instance: Any, data: dict[str, Any], actor: Any) -> NewTechProje
                "terminated": ProjectStatus.WITHDRAWN}.get(str(data.get("final_decision")))
     if outcome is None:
         return project
+    choice = routine_choice(_routine_submission(instance, data)) if outcome is ProjectStatus.ROUTINE else None
     comment = (data.get("reason") if outcome is ProjectStatus.WITHDRAWN else data.get("comment")) or None
     project.final_comment = comment
     project.decided_at = utcnow()
     _set_status(project, outcome, actor, comment=comment)
-    if project.approved_at is not None:  # its catalogue item exists: retire it with the reason
-        privileges.sync_new_tech_item(
-            number=project.number, name=project.name, active=False, actor=actor,
-            note="已转为常规技术，按常规类别重新授权" if outcome is ProjectStatus.ROUTINE else f"项目已{project.status_label}")
-    if getattr(actor, "id", None) != project.applicant_id:
-        notify.notify(user_ids=[project.applicant_id], title=f"新技术新项目 {project.number}：{project.status_label}",
-                      body=comment or project.name, link=f"/technology/new-tech/{project.id}", kind="result")
+    body = comment or project.name
+    if choice is not None:
+        conversion = privileges.convert_new_tech_to_routine(number=project.number, name=project.name,
+                                                            actor=actor, **choice)
+        item = conversion.item
+        project.routine_item_id = item.id
+        audit.record(actor, "technology.project_routine_item", project,
+                     after={"routine_item": item.code, "category": item.category.code, "grade": item.grade,
+                            "reused": conversion.reused, "granted": len(conversion.granted),
+                            "ended": len(conversion.ended)})
+        body = (f"{body}。已按“{item.category.name}”授权（{item.code}{'，' + item.grade if item.grade else ''}），"
+                f"原项目授权 {len(conversion.ended)} 人转授 {len(conversion.granted)} 人")
+    elif project.approved_at is not None:  # its catalogue item exists: retire it with the reason
+        privileges.sync_new_tech_item(number=project.number, name=project.name, active=False, actor=actor,
+                                      note=f"项目已{project.status_label}")
+    # the applicant and the project lead learn the outcome, as they learn of an approval (not whoever decided)
+    told = [uid for uid in dict.fromkeys((project.applicant_id, project.lead_id))
+            if uid is not None and uid != getattr(actor, "id", None)]
+    if told:
+        notify.notify(user_ids=told, title=f"新技术新项目 {project.number}：{project.status_label}",
+                      body=body, link=f"/technology/new-tech/{project.id}", kind="result")
     db.session.flush()
     return project
+
+
+def routine_item(project: NewTechProject) -> Any:
+    """The ordinary privilege item a routine project is authorised under (None before it turned routine)."""
+    if project.routine_item_id is None:
+        return None
+    from app.privileges.models import PrivilegeItem
+
+    return db.session.get(PrivilegeItem, project.routine_item_id)
 
 
 # ---------------------------------------------------------------- queries

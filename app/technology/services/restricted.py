@@ -15,6 +15,7 @@ from app.auth.services import data_scope, has_permission
 from app.core.timefmt import local
 from app.db import db, utcnow
 from app.errors import Forbidden, NotFound, ValidationFailed
+from app.forms import start as start_forms
 from app.notify import services as notify
 from app.technology.models.restricted import (
     RESTRICTED_STATUS_LABELS,
@@ -27,6 +28,7 @@ from app.technology.models.restricted import (
 from app.technology.services.common import Errors, workbook
 
 PROCESS_KEY = "tech_restricted"
+FORM_KEY = RestrictedApplication.FORM_KEY
 OPEN_STATUSES = ("expert_review", "returned", "ethics_review", "approval", "filing", "tracking")
 DEFAULT_REPORT_INTERVAL = "P3M"
 DEFAULT_ANNUAL_INTERVAL = "P1Y"
@@ -39,19 +41,22 @@ def catalogue(*, active_only: bool = True) -> list[RestrictedTechnology]:
     return list(db.session.scalars(stmt))
 
 
-def apply(*, applicant: User, data: dict[str, Any], report_interval: str = DEFAULT_REPORT_INTERVAL,
+def apply(*, applicant: User, data: Any, report_interval: str = DEFAULT_REPORT_INTERVAL,
           annual_interval: str = DEFAULT_ANNUAL_INTERVAL) -> RestrictedApplication:
-    """Apply to perform a nationally restricted technology in the applicant's department and start the flow.
-    Raises ValidationFailed (one open application per technology and department)."""
+    """Apply, through the `tech_restricted_apply` form (a dict or form-encoded data), to perform a nationally
+    restricted technology in the applicant's department and start the flow; the template version and extra
+    fields are kept on the application. Raises ValidationFailed with every problem (the technology must be in the
+    catalogue; one open application per technology and department); nothing is written then."""
+    form = start_forms.start_form(FORM_KEY)
+    values, template_errors = start_forms.check(form, data)
     errors = Errors()
     if applicant.departed_at is not None or not applicant.is_active:
         errors["applicant"] = "离职或已停用人员不能申请"
-    tech_id = errors.integer(data, "technology_id", "限制类技术", minimum=1)
-    tech = db.session.get(RestrictedTechnology, tech_id) if tech_id else None
-    if tech_id and (tech is None or not tech.is_active):
+    tech_id = values.get("technology_id")
+    tech = db.session.get(RestrictedTechnology, tech_id) if isinstance(tech_id, int) and tech_id > 0 else None
+    if tech is None or not tech.is_active:
         errors["technology_id"] = "限制类技术不在目录中"
-    conditions = errors.text(data, "conditions", "人员、设备、设施条件说明", max_len=4000)
-    raw_team = data.get("team") or []
+    raw_team = values.get("team") or []
     team = [str(x).strip() for x in (raw_team if isinstance(raw_team, list) else str(raw_team).splitlines())
             if str(x).strip()]
     if len(team) > 30:
@@ -65,12 +70,16 @@ def apply(*, applicant: User, data: dict[str, Any], report_interval: str = DEFAU
             RestrictedApplication.status.in_(OPEN_STATUSES)).limit(1))
         if dup is not None:
             errors["technology_id"] = f"本科室已有该技术的申请或备案（{dup.number}，{dup.status_label}）"
-    if errors:
-        raise ValidationFailed(dict(errors))
+    problems = start_forms.merge_errors(template_errors, errors)
+    if problems:
+        raise ValidationFailed(problems, message=f"“{form.title}”填写有误，请按提示修改")
     assert tech is not None and dept is not None
+    conditions = str(values["conditions"])
     application = RestrictedApplication(technology_id=tech.id, dept_id=dept.id, campus_id=dept.campus_id,
                                         applicant_id=applicant.id, team=team, conditions=conditions,
-                                        status=RestrictedStatus.EXPERT_REVIEW, submitted_at=utcnow())
+                                        status=RestrictedStatus.EXPERT_REVIEW, submitted_at=utcnow(),
+                                        form_version=form.version,
+                                        form_data=start_forms.extra(form, values, RestrictedApplication.FORM_COLUMNS))
     application.technology, application.dept, application.applicant = tech, dept, applicant
     db.session.add(application)
     db.session.flush()

@@ -1,4 +1,5 @@
-"""日间手术 pages: catalogue, qualification apply/list, cases (form, list, Excel, void), quality indicators."""
+"""日间手术 pages: catalogue (+ grade / in-use edit), qualification apply/list/suspend/resume/revoke, cases (form,
+list, Excel, void), quality indicators."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from app.auth.access import require
 from app.auth.services import has_permission
 from app.core.paging import paginate
 from app.db import db
-from app.errors import ValidationFailed
+from app.errors import NotFound, ValidationFailed
+from app.forms import start as start_forms
 from app.technology.models.day_surgery import GRADE_LABELS
 from app.technology.services import common
 from app.technology.services import day_surgery as services
@@ -21,38 +23,89 @@ from app.technology.views._helpers import date_arg, error_map, int_arg, text_arg
 VIEW_OR_RECORD = ("technology.view", "technology.day_surgery")
 
 
+CATALOGUE_EDITORS = ("technology.manage", "privileges.manage")
+
+
 @bp.get("/day-surgery/catalogue")
-@require("technology.view", "technology.apply", "technology.day_surgery", "technology.manage")
+@require("technology.view", "technology.apply", "technology.day_surgery", *CATALOGUE_EDITORS)
 def day_surgery_catalogue():
-    page = paginate(services.catalogue_query(q=text_arg("q"), specialty=text_arg("specialty")), per_page=50)
-    return render_template("technology/day_surgery_catalogue.html", page=page, specialties=services.specialties())
+    can_edit = services.may_edit_catalogue(current_user)
+    # editors also see the items out of use (to put them back)
+    page = paginate(services.catalogue_query(q=text_arg("q"), specialty=text_arg("specialty"),
+                                             active_only=not can_edit), per_page=50)
+    return render_template("technology/day_surgery_catalogue.html", page=page, specialties=services.specialties(),
+                           can_edit=can_edit)
 
 
-def _apply_page(*, errors: dict[str, str], chosen: list[str], reason: str, status: int = 200):
+def _procedure_form(*, procedure, values: dict, errors: dict[str, str], status: int = 200):
+    return render_template("technology/day_surgery_procedure_form.html", procedure=procedure, values=values,
+                           errors=errors, grades=GRADE_LABELS), status
+
+
+@bp.get("/day-surgery/catalogue/<int:procedure_id>/edit")
+@require(*CATALOGUE_EDITORS)
+def edit_day_surgery_procedure(procedure_id: int):
+    procedure = services.get_procedure(procedure_id)
+    return _procedure_form(procedure=procedure, values={"grade": procedure.grade, "is_active": procedure.is_active},
+                           errors={})
+
+
+@bp.post("/day-surgery/catalogue/<int:procedure_id>/edit")
+@require(*CATALOGUE_EDITORS)
+def update_day_surgery_procedure(procedure_id: int):
+    procedure = services.get_procedure(procedure_id)
+    values = {"grade": request.form.get("grade", ""), "is_active": request.form.get("is_active") == "1"}
+    try:
+        services.update_procedure(procedure=procedure, data=values, actor=current_user)
+    except ValidationFailed as exc:
+        db.session.rollback()
+        return _procedure_form(procedure=services.get_procedure(procedure_id), values=values,
+                               errors=error_map(exc), status=400)
+    db.session.commit()
+    flash(f"已核定：{procedure.procedure_name}（{procedure.grade_label}，{'在用' if procedure.is_active else '停用'}）",
+          "success")
+    return redirect(url_for("technology.day_surgery_catalogue", q=procedure.code))
+
+
+def _apply_page(*, data: dict | None, errors: dict[str, str], status: int = 200):
+    form = start_forms.start_form(services.FORM_KEY)
     procedures = list(db.session.scalars(services.catalogue_query()))
-    return render_template("technology/day_surgery_apply.html", procedures=procedures, errors=errors,
-                           chosen=set(chosen), reason=reason), status
+    choices = {"procedure_ids": [(p.id, services.procedure_label(p)) for p in procedures]}
+    return render_template("technology/day_surgery_apply.html", form=form, errors=errors, procedures=procedures,
+                           fields=start_forms.render(form, data, errors, choices=choices)), status
 
 
 @bp.get("/day-surgery/apply")
 @require("technology.apply")
 def day_surgery_apply_form():
-    return _apply_page(errors={}, chosen=request.args.getlist("procedure"), reason="")
+    form = start_forms.start_form(services.FORM_KEY)
+    chosen = [int(v) for v in request.args.getlist("procedure") if v.isdigit()]
+    return _apply_page(data=start_forms.initial(form, {"procedure_ids": chosen or None}), errors={})
 
 
 @bp.post("/day-surgery/apply")
 @require("technology.apply")
 def day_surgery_apply():
-    chosen = request.form.getlist("procedure_ids")
-    reason = request.form.get("reason", "")
     try:
-        application = services.apply(applicant=current_user, procedure_ids=chosen, reason=reason)
+        application = services.apply(applicant=current_user, data=request.form)
     except ValidationFailed as exc:
         db.session.rollback()
-        return _apply_page(errors=error_map(exc), chosen=chosen, reason=reason, status=400)
+        data = start_forms.coerce(start_forms.start_form(services.FORM_KEY), request.form)
+        return _apply_page(data=data, errors=error_map(exc), status=400)
     db.session.commit()
     flash(f"日间手术资质申请已提交（编号 {application.number}），进入科室审核", "success")
-    return redirect(url_for("technology.day_surgery_qualifications"))
+    return redirect(url_for("technology.day_surgery_application", application_id=application.id))
+
+
+@bp.get("/day-surgery/applications/<int:application_id>")
+@require()
+def day_surgery_application(application_id: int):
+    application = services.get_application(application_id=application_id, viewer=current_user)
+    return render_template("technology/day_surgery_application.html", application=application,
+                           procedures=services.procedures_of(application),
+                           progress=common.instance_progress([application.instance_id]).get(
+                               application.instance_id or 0),
+                           open_steps=common.ready_tasks(application.instance_id))
 
 
 @bp.get("/day-surgery/qualifications")
@@ -63,12 +116,34 @@ def day_surgery_qualifications():
     return render_template("technology/day_surgery_qualifications.html", page=page, applications=applications,
                            procedures_of=services.procedures_of,
                            departments=common.visible_departments(current_user, "technology.view"),
-                           progress=common.instance_progress([a.instance_id for a in applications]))
+                           progress=common.instance_progress([a.instance_id for a in applications]),
+                           can_manage=common.may_manage(current_user))
+
+
+QUALIFICATION_ACTIONS = {
+    "suspend": (services.suspend_qualification, "已暂停"),
+    "resume": (services.resume_qualification, "已恢复"),
+    "revoke": (services.revoke_qualification, "已取消"),
+}
+
+
+@bp.post("/day-surgery/qualifications/<int:qualification_id>/<action>")
+@require("technology.manage")
+def change_day_surgery_qualification(qualification_id: int, action: str):
+    if action not in QUALIFICATION_ACTIONS:
+        raise NotFound("没有该操作")
+    qualification = services.get_qualification(qualification_id, manager=current_user)
+    change, done = QUALIFICATION_ACTIONS[action]
+    change(qualification=qualification, reason=request.form.get("reason", ""), actor=current_user)
+    db.session.commit()
+    flash(f"{qualification.user.name}的日间手术资质（{qualification.procedure.procedure_name}）{done}", "success")
+    return redirect(url_for("technology.day_surgery_qualifications"))
 
 
 def _case_filters() -> services.CaseFilter:
     return services.CaseFilter(start=date_arg("start", None), end=date_arg("end", None), dept_id=int_arg("dept"),
-                               outcome=text_arg("outcome"), q=text_arg("q"))
+                               outcome=text_arg("outcome"), q=text_arg("q"),
+                               unqualified=request.args.get("unqualified") == "1")
 
 
 def _case_departments():

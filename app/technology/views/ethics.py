@@ -11,6 +11,7 @@ from app.auth.access import require
 from app.core.paging import paginate
 from app.db import db
 from app.errors import ValidationFailed
+from app.forms import start as start_forms
 from app.technology.models.ethics import (
     DECISION_LABELS,
     ETHICS_STATUS_LABELS,
@@ -49,21 +50,27 @@ def export_ethics():
     return xlsx(services.export_workbook(rows), f"伦理审查_{common.today().isoformat()}.xlsx")
 
 
+def _apply_page(*, data: dict | None, errors: dict[str, str], status: int = 200):
+    form = start_forms.start_form(services.FORM_KEY)
+    return render_template("technology/ethics_apply.html", form=form, errors=errors,
+                           fields=start_forms.render(form, data, errors)), status
+
+
 @bp.get("/ethics/apply")
 @require("technology.apply")
 def apply_ethics_form():
-    return render_template("technology/ethics_apply.html", values={}, errors={})
+    return _apply_page(data=None, errors={})
 
 
 @bp.post("/ethics/apply")
 @require("technology.apply")
 def apply_ethics():
-    values = request.form.to_dict()
     try:
-        review = services.apply(applicant=current_user, data=values)
+        review = services.apply(applicant=current_user, data=request.form)
     except ValidationFailed as exc:
         db.session.rollback()
-        return render_template("technology/ethics_apply.html", values=values, errors=error_map(exc)), 400
+        data = start_forms.coerce(start_forms.start_form(services.FORM_KEY), request.form)
+        return _apply_page(data=data, errors=error_map(exc), status=400)
     db.session.commit()
     flash(f"伦理审查申请已提交（编号 {review.number}），等待伦理委员会办公室确定审查方式与委员", "success")
     return redirect(url_for("technology.ethics_review", review_id=review.id))

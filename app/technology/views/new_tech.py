@@ -9,6 +9,7 @@ from app.auth.access import require
 from app.core.paging import paginate
 from app.db import db
 from app.errors import ValidationFailed
+from app.forms import start as start_forms
 from app.technology.models.ethics import MODE_LABELS, REVIEW_ITEMS
 from app.technology.models.new_tech import CATEGORY_LABELS, PROJECT_STATUS_LABELS, RISK_LABELS
 from app.technology.services import common, ethics
@@ -40,28 +41,32 @@ def export_projects():
     return xlsx(services.export_workbook(rows), f"新技术新项目_{common.today().isoformat()}.xlsx")
 
 
-def _apply_form(*, values: dict, errors: dict[str, str], status: int = 200):
+def _apply_form(*, data: dict, errors: dict[str, str], status: int = 200):
     departments, leads = services.apply_choices(current_user)
-    return render_template("technology/project_apply.html", values=values, errors=errors, departments=departments,
-                           leads=leads, categories=CATEGORY_LABELS, risks=RISK_LABELS), status
+    form = start_forms.start_form(services.FORM_KEY)
+    choices = {"dept_id": [(d.id, d.name) for d in departments],
+               "lead_id": [(u.id, common.person_label(u)) for u in leads]}
+    return render_template("technology/project_apply.html", form=form, errors=errors,
+                           fields=start_forms.render(form, data, errors, choices=choices)), status
 
 
 @bp.get("/new-tech/apply")
 @require("technology.apply")
 def apply_project():
-    return _apply_form(values={"dept_id": current_user.dept_id, "lead_id": current_user.id}, errors={})
+    form = start_forms.start_form(services.FORM_KEY)
+    return _apply_form(data=start_forms.initial(form, {"dept_id": current_user.dept_id, "lead_id": current_user.id}),
+                       errors={})
 
 
 @bp.post("/new-tech/apply")
 @require("technology.apply")
 def submit_project():
-    values = request.form.to_dict()
-    values["ethics_required"] = request.form.get("ethics_required") == "1"
     try:
-        project = services.apply(applicant=current_user, data=values)
+        project = services.apply(applicant=current_user, data=request.form)
     except ValidationFailed as exc:
         db.session.rollback()
-        return _apply_form(values=values, errors=error_map(exc), status=400)
+        data = start_forms.coerce(start_forms.start_form(services.FORM_KEY), request.form)
+        return _apply_form(data=data, errors=error_map(exc), status=400)
     db.session.commit()
     flash(f"申请已提交（编号 {project.number}），进入科室审核", "success")
     return redirect(url_for("technology.project", project_id=project.id))
@@ -75,7 +80,8 @@ def project(project_id: int):
     reviews = ethics.reviews_for_source(source_kind="new_tech", source_id=item.id)
     return render_template("technology/project.html", project=item, progress=progress.get(item.instance_id or 0),
                            reviews_by_round=services.reviews_by_round(item), ethics_reviews=reviews,
-                           open_steps=common.ready_tasks(item.instance_id), can_manage=common.may_manage(current_user))
+                           open_steps=common.ready_tasks(item.instance_id), can_manage=common.may_manage(current_user),
+                           routine_item=services.routine_item(item))
 
 
 def _experts_page(item, *, errors: dict[str, str], chosen: list[str], comment: str = "", status: int = 200):

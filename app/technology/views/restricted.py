@@ -9,6 +9,7 @@ from app.auth.access import require
 from app.core.paging import paginate
 from app.db import db
 from app.errors import ValidationFailed
+from app.forms import start as start_forms
 from app.technology.models.ethics import REVIEW_ITEMS
 from app.technology.models.restricted import RESTRICTED_STATUS_LABELS
 from app.technology.services import common, ethics
@@ -47,23 +48,29 @@ def export_restricted():
     return xlsx(services.export_workbook(rows), f"限制类技术_{common.today().isoformat()}.xlsx")
 
 
+def _apply_page(*, data: dict | None, errors: dict[str, str], status: int = 200):
+    form = start_forms.start_form(services.FORM_KEY)
+    choices = {"technology_id": [(t.id, f"{t.seq}. {t.name}") for t in services.catalogue()]}
+    return render_template("technology/restricted_apply.html", form=form, errors=errors,
+                           fields=start_forms.render(form, data, errors, choices=choices)), status
+
+
 @bp.get("/restricted/apply")
 @require("technology.apply")
 def restricted_apply_form():
-    return render_template("technology/restricted_apply.html", values={"technology_id": request.args.get("technology")},
-                           errors={}, technologies=services.catalogue())
+    form = start_forms.start_form(services.FORM_KEY)
+    return _apply_page(data=start_forms.initial(form, {"technology_id": int_arg("technology")}), errors={})
 
 
 @bp.post("/restricted/apply")
 @require("technology.apply")
 def restricted_apply():
-    values = request.form.to_dict()
     try:
-        application = services.apply(applicant=current_user, data=values)
+        application = services.apply(applicant=current_user, data=request.form)
     except ValidationFailed as exc:
         db.session.rollback()
-        return render_template("technology/restricted_apply.html", values=values, errors=error_map(exc),
-                               technologies=services.catalogue()), 400
+        data = start_forms.coerce(start_forms.start_form(services.FORM_KEY), request.form)
+        return _apply_page(data=data, errors=error_map(exc), status=400)
     db.session.commit()
     flash(f"申请已提交（编号 {application.number}），进入专家审查", "success")
     return redirect(url_for("technology.restricted_detail", application_id=application.id))
