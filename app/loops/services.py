@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select, text, update
@@ -386,7 +387,14 @@ def intake(*, events: Any, channel: str = "rest") -> list[dict[str, Any]]:
         row["status"] = EventStatus.PENDING
         rows.append(row)
     inserted: set[tuple[str, str]] = set()
-    if rows:
+    postgres = db.session.get_bind().dialect.name == "postgresql"
+    if rows and postgres:
+        # one statement whatever the batch size: the columns go as arrays (unnest), so its text is prepared once
+        # per connection instead of a multi-row INSERT the driver parses again for every request
+        inserted = {(r[0], r[1]) for r in db.session.execute(_unnest_insert(
+            LoopEvent.__table__, EVENT_COLUMNS, conflict=("source", "event_id"), returning=("source", "event_id")),
+            _columns(rows, EVENT_COLUMNS, json_cols={"data"}))}
+    elif rows:
         # Core executemany ("insertmanyvalues"): one cached statement, batched, no ORM bookkeeping
         table = LoopEvent.__table__
         stmt = _insert(table).on_conflict_do_nothing(index_elements=["source", "event_id"]).returning(
@@ -400,6 +408,7 @@ def intake(*, events: Any, channel: str = "rest") -> list[dict[str, Any]]:
             results[i] = {"status": "accepted", "event_id": row["event_id"]}
             o = orders.setdefault(row["order_no"], {
                 "order_no": row["order_no"], "loop_type_key": row["loop_type_key"], "pending": True,
+                "has_skipped": False, "has_abnormal": False,
                 "patient_id": row["patient_id"], "patient_name": row["patient_name"],
                 "inpatient_no": row["inpatient_no"], "dept_code": row["dept"], "campus_code": row["campus"],
                 "status": OrderStatus.IN_PROGRESS, "created_at": now,
@@ -410,11 +419,57 @@ def intake(*, events: Any, channel: str = "rest") -> list[dict[str, Any]]:
                     o[k_dst] = row[k_src]
         else:
             results[i] = {"status": "duplicate", "event_id": row["event_id"]}
-    if orders:
+    if orders and postgres:
+        db.session.execute(_unnest_insert(LoopOrder.__table__, ORDER_COLUMNS, conflict=("order_no",),
+                                          update="pending = true, wait_until = null"),
+                           _columns(list(orders.values()), ORDER_COLUMNS))
+    elif orders:
         ins = _insert(LoopOrder.__table__)
         stmt = ins.on_conflict_do_update(index_elements=["order_no"], set_={"pending": True, "wait_until": None})
         db.session.connection().execute(stmt, list(orders.values()))
     return results
+
+
+EVENT_COLUMNS = ("source", "event_id", "channel", "order_no", "order_type", "loop_type_key", "node", "node_key",
+                 "occurred_at", "received_at", "operator_id", "operator_name", "patient_id", "patient_name",
+                 "inpatient_no", "dept", "campus", "terminal", "data", "status")
+# every column a new order row needs (the model's Python-side defaults are not applied to this statement)
+ORDER_COLUMNS = ("order_no", "loop_type_key", "pending", "patient_id", "patient_name", "inpatient_no", "dept_code",
+                 "campus_code", "status", "created_at", "has_skipped", "has_abnormal")
+_UNNEST: dict[tuple, Any] = {}
+
+
+def _unnest_insert(table, columns: tuple[str, ...], *, conflict: tuple[str, ...], returning: tuple[str, ...] = (),
+                   update: str | None = None):
+    """INSERT … SELECT * FROM unnest(<one array per column>) ON CONFLICT …: a fixed statement (PostgreSQL)."""
+    key = (table.name, columns, conflict, returning, update)
+    stmt = _UNNEST.get(key)
+    if stmt is None:
+        from sqlalchemy.dialects import postgresql
+
+        dialect = postgresql.dialect()
+        arrays = ", ".join(f"cast(:{c} as {table.c[c].type.compile(dialect=dialect)}[])" for c in columns)
+        action = f"do update set {update}" if update else "do nothing"
+        sql = (f"insert into {table.name} ({', '.join(columns)}) select * from unnest({arrays}) "
+               f"on conflict ({', '.join(conflict)}) {action}")
+        if returning:
+            sql += f" returning {', '.join(returning)}"
+        stmt = _UNNEST[key] = text(sql)
+    return stmt
+
+
+def _columns(rows: list[dict[str, Any]], columns: tuple[str, ...], json_cols: set[str] | None = None) -> dict:
+    import json
+
+    out: dict[str, list[Any]] = {}
+    for c in columns:
+        values = [r.get(c) for r in rows]
+        if json_cols and c in json_cols:
+            values = [None if v is None else json.dumps(v, ensure_ascii=False) for v in values]
+        elif values and isinstance(values[0], StrEnum):
+            values = [str(v) for v in values]
+        out[c] = values
+    return out
 
 
 # ---------------------------------------------------------------- applying

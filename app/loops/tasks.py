@@ -53,15 +53,50 @@ def apply_task(self) -> int:
         db.session.remove()
 
 
-def wake() -> None:
-    """Tell a worker there is work (after the intake transaction committed)."""
-    if current_app.config.get("CELERY_ALWAYS_EAGER", True):
-        _event.set()
-        return
+WAKE_GAP = 0.05  # seconds: at most one wake-up message per process in this time
+_wake_lock = threading.Lock()
+_last_wake = [0.0]
+_trailing = [False]
+
+
+def _send_wake() -> None:
     try:
         apply_task.delay()
     except Exception:  # noqa: BLE001 - the periodic sweep applies the events anyway
         log.warning("could not enqueue loops_apply; the sweep will pick the events up")
+
+
+def _trailing_wake() -> None:
+    with _wake_lock:
+        _trailing[0] = False
+        _last_wake[0] = time.monotonic()
+    _send_wake()
+
+
+def wake() -> None:
+    """Tell a worker there is work (after the intake transaction committed).
+
+    Under load intake commits many times a second and one task drains everything pending, so a process sends at
+    most one wake-up per WAKE_GAP: the first at once, later ones folded into one sent when the gap ends (so the
+    last commit is always followed by a wake-up within WAKE_GAP)."""
+    if current_app.config.get("CELERY_ALWAYS_EAGER", True):
+        _event.set()
+        return
+    now = time.monotonic()
+    with _wake_lock:
+        since = now - _last_wake[0]
+        if since >= WAKE_GAP:
+            _last_wake[0] = now
+            send = True
+        else:
+            send = False
+            if not _trailing[0]:
+                _trailing[0] = True
+                timer = threading.Timer(WAKE_GAP - since, _trailing_wake)
+                timer.daemon = True
+                timer.start()
+    if send:
+        _send_wake()
 
 
 def start_in_process_applier(app, interval: float = 2.0) -> None:

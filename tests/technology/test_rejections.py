@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from io import BytesIO
 
-import pytest
 from docx import Document
 from sqlalchemy import select
 
