@@ -23,6 +23,7 @@ class ProjectStatus(StrEnum):
     MAO_APPROVAL = "mao_approval"
     TRACKING = "tracking"
     EXTENDED = "extended"
+    SUSPENDED = "suspended"  # 中止: halted pending the office's decision (resume or terminate)
     ROUTINE = "routine"
     TERMINATED = "terminated"
     REJECTED = "rejected"
@@ -32,11 +33,12 @@ class ProjectStatus(StrEnum):
 PROJECT_STATUS_LABELS = {
     "dept_review": "科室审核中", "returned": "退回修改", "expert_assign": "待组织专家评审",
     "expert_review": "专家评审中", "ethics_review": "伦理审查中", "mao_approval": "医务处审批中",
-    "tracking": "开展中（追踪）", "extended": "延期追踪", "routine": "已转常规", "terminated": "已终止",
+    "tracking": "开展中（追踪）", "extended": "延期追踪", "suspended": "中止（暂停开展）",
+    "routine": "已转常规", "terminated": "已终止",
     "rejected": "未通过", "withdrawn": "已撤回",
 }
 OPEN_PROJECT_STATUSES = ("dept_review", "returned", "expert_assign", "expert_review", "ethics_review",
-                         "mao_approval", "tracking", "extended")
+                         "mao_approval", "tracking", "extended", "suspended")
 
 CATEGORY_LABELS = {
     "diagnosis": "诊断技术", "treatment": "治疗技术", "surgery": "手术（介入）技术", "nursing": "护理技术",
@@ -77,6 +79,10 @@ class NewTechProject(StartFormMixin, TimestampMixin, Model):
     decided_at: Mapped[datetime | None] = mapped_column(comment="办结时间（转常规、终止、未通过、撤回）")
     extension_count: Mapped[int] = mapped_column(default=0, comment="延期次数")
     final_comment: Mapped[str | None] = mapped_column(Text, comment="最终意见")
+    suspended_at: Mapped[datetime | None] = mapped_column(comment="中止时间（中止期间；恢复开展后清空）")
+    suspend_reason: Mapped[str | None] = mapped_column(Text, comment="中止原因（中止期间；恢复开展后清空）")
+    suspended_grant_ids: Mapped[list[Any]] = mapped_column(
+        default=list, comment="因项目中止而暂停的授权记录编号（恢复开展时据此恢复）")
     routine_item_id: Mapped[int | None] = mapped_column(
         ForeignKey("privilege_items.id"), comment="转常规后授权所依的医疗权限目录项目（常规类别）")
 
@@ -127,7 +133,7 @@ class ExpertReview(Model):
 
 
 REVIEW_DECISION_LABELS = {"continue": "继续追踪", "extend": "延期", "routine": "转常规", "terminate": "终止",
-                          "return": "退回补充"}
+                          "suspend": "中止", "return": "退回补充"}
 
 
 class ProgressReport(Model):
@@ -145,7 +151,7 @@ class ProgressReport(Model):
     problems: Mapped[str | None] = mapped_column(Text, comment="存在问题与改进")
     submitted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="提交人")
     submitted_at: Mapped[datetime] = mapped_column(default=utcnow, comment="提交时间")
-    review_decision: Mapped[str | None] = mapped_column(String(16), comment="医务处审核结论：continue/extend/routine/terminate/return")
+    review_decision: Mapped[str | None] = mapped_column(String(16), comment="医务处审核结论：continue/extend/routine/terminate/suspend/return")
     review_comment: Mapped[str | None] = mapped_column(Text, comment="医务处审核意见")
     reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="审核人")
     reviewed_at: Mapped[datetime | None] = mapped_column(comment="审核时间")

@@ -257,11 +257,12 @@ def on_task_complete(*, instance: Any, task: Any, data: dict[str, Any], actor: U
     elif spec == "progress_review":
         if decision == "routine":  # checked before anything is written: the end hook acts on the same choice
             routine_choice(data)
+        reason = suspend_reason(data) if decision == "suspend" else None
         latest = db.session.scalar(select(ProgressReport).where(ProgressReport.project_id == project.id)
                                    .order_by(ProgressReport.id.desc()).limit(1))
         if latest is not None:
             latest.review_decision = str(decision)
-            latest.review_comment = data.get("comment")
+            latest.review_comment = data.get("comment") or reason
             latest.reviewed_by_id = actor.id
             latest.reviewed_at = utcnow()
             audit.record(actor, "technology.progress_reviewed", latest,
@@ -271,6 +272,12 @@ def on_task_complete(*, instance: Any, task: Any, data: dict[str, Any], actor: U
         elif decision == "extend":
             project.extension_count += 1
             _set_status(project, ProjectStatus.EXTENDED, actor, step="进展审核", comment=data.get("comment"))
+        elif decision == "suspend" and reason is not None:
+            suspend(project=project, reason=reason, actor=actor)
+    elif spec == "suspension_review":
+        if decision == "resume":
+            resume(project=project, comment=suspension_comment(data), actor=actor)
+        # 终止开展 ends the flow: finalize closes the project and retires its catalogue item
     db.session.flush()
 
 
@@ -364,13 +371,116 @@ def finalize(*, instance: Any, data: dict[str, Any], actor: Any) -> NewTechProje
                 f"原项目授权 {len(conversion.ended)} 人转授 {len(conversion.granted)} 人")
     elif project.approved_at is not None:  # its catalogue item exists: retire it with the reason
         privileges.sync_new_tech_item(number=project.number, name=project.name, active=False, actor=actor,
-                                      note=f"项目已{project.status_label}")
+                                      note=f"项目{project.status_label}")
     # the applicant and the project lead learn the outcome, as they learn of an approval (not whoever decided)
     told = [uid for uid in dict.fromkeys((project.applicant_id, project.lead_id))
             if uid is not None and uid != getattr(actor, "id", None)]
     if told:
         notify.notify(user_ids=told, title=f"新技术新项目 {project.number}：{project.status_label}",
                       body=body, link=f"/technology/new-tech/{project.id}", kind="result")
+    db.session.flush()
+    return project
+
+
+# ---------------------------------------------------------------- 中止 (seed 000 §二.1 追踪管理：进展、中止、终止)
+# A project halted at a progress review (a serious adverse event under investigation, say) stops at once: every
+# grant in force of its 新技术新项目授权 item is suspended with the reason (audited, pushed to HIS, whose check then
+# answers 授权已暂停：…), and the flow waits for the office's 中止项目处理: 恢复开展 resumes those same grants and
+# goes back to tracking, 终止开展 ends the project (finalize retires the item; the grants are kept, as on any
+# retirement, and the check answers 该授权项目已停用).
+
+SUSPEND_REASON_MAX = 400
+
+
+def suspend_reason(data: dict[str, Any]) -> str:
+    """The reason a 中止 decision must give. Raises ValidationFailed (path reason)."""
+    errors = Errors()
+    reason = errors.text(data, "reason", "中止原因", max_len=SUSPEND_REASON_MAX)
+    if errors or reason is None:
+        raise ValidationFailed(dict(errors) or {"reason": "请填写中止原因"})
+    return reason
+
+
+def suspension_comment(data: dict[str, Any]) -> str:
+    """The office's opinion on a suspended project (the grants' resumption reason). Raises ValidationFailed."""
+    errors = Errors()
+    comment = errors.text(data, "comment", "处理意见", max_len=SUSPEND_REASON_MAX)
+    if errors or comment is None:
+        raise ValidationFailed(dict(errors) or {"comment": "请填写处理意见"})
+    return comment
+
+
+def _grant_suspend_text(project: NewTechProject, reason: str) -> str:
+    return f"新技术新项目「{project.name}」已中止：{reason}"[:privileges.MANAGE_REASON_MAX]
+
+
+def project_grants(project: NewTechProject, *, status: str) -> list[Any]:
+    """Grants of the project's 新技术新项目授权 item (NT-XJS…) in a status, not expired, oldest first."""
+    from app.privileges.models import Grant, PrivilegeItem
+
+    on = privileges.today()
+    return list(db.session.scalars(
+        select(Grant).join(PrivilegeItem, Grant.item_id == PrivilegeItem.id)
+        .where(PrivilegeItem.code == f"NT-{project.number}", Grant.status == status,
+               or_(Grant.valid_until.is_(None), Grant.valid_until >= on)).order_by(Grant.id)))
+
+
+def _tell_team(project: NewTechProject, title: str, body: str) -> None:
+    notify.notify(user_ids={project.applicant_id, project.lead_id}, title=f"新技术新项目 {project.number} {title}",
+                  body=body, link=f"/technology/new-tech/{project.id}", kind="result")
+
+
+def suspend(*, project: NewTechProject, reason: str, actor: User) -> NewTechProject:
+    """中止: the project halts pending the office's decision. Every grant in force of its catalogue item is
+    suspended with the reason (privilege services: audited, pushed to HIS, holders told); status audited; the
+    applicant and lead notified. Raises InvalidTransition when the project is not being practised."""
+    from app.errors import InvalidTransition
+    from app.privileges.models import GrantStatus
+
+    if str(project.status) not in (ProjectStatus.TRACKING, ProjectStatus.EXTENDED):
+        raise InvalidTransition(f"项目{project.status_label}，不能中止", project_id=project.id)
+    grant_reason = _grant_suspend_text(project, reason)
+    grants = [privileges.suspend_grant(grant=g, reason=grant_reason, actor=actor)
+              for g in project_grants(project, status=GrantStatus.ACTIVE.value)]
+    project.suspended_at = utcnow()
+    project.suspend_reason = reason
+    project.suspended_grant_ids = [g.id for g in grants]
+    _set_status(project, ProjectStatus.SUSPENDED, actor, step="进展审核", reason=reason,
+                suspended_grants=project.suspended_grant_ids)
+    _tell_team(project, "已中止", f"{project.name}：{reason}。项目暂停开展，{len(grants)} 人的项目授权已暂停，"
+                                 "待医务处决定恢复开展或终止")
+    db.session.flush()
+    return project
+
+
+def resume(*, project: NewTechProject, comment: str, actor: User) -> NewTechProject:
+    """恢复开展: a suspended project goes back to tracking; the grants its suspension stopped are resumed (audited,
+    pushed to HIS) unless they have expired meanwhile or were since suspended again for another reason. The
+    applicant and lead notified. Raises InvalidTransition when the project is not suspended."""
+    from app.errors import InvalidTransition
+    from app.privileges.models import Grant, GrantStatus
+
+    if str(project.status) != ProjectStatus.SUSPENDED:
+        raise InvalidTransition(f"项目{project.status_label}，不是中止状态，无需恢复", project_id=project.id)
+    ours = _grant_suspend_text(project, project.suspend_reason or "")
+    on = privileges.today()
+    resumed, kept = [], []
+    for gid in project.suspended_grant_ids or []:
+        grant = db.session.get(Grant, int(gid))
+        if (grant is None or grant.status != GrantStatus.SUSPENDED.value or grant.revoked_reason != ours
+                or (grant.valid_until is not None and grant.valid_until < on)):
+            kept.append(gid)
+            continue
+        resumed.append(privileges.resume_grant(grant=grant, actor=actor, on=on,
+                                               reason=f"新技术新项目「{project.name}」恢复开展：{comment}"[
+                                                   :privileges.MANAGE_REASON_MAX]).id)
+    before_reason = project.suspend_reason
+    project.suspended_at = None
+    project.suspend_reason = None
+    project.suspended_grant_ids = []
+    _set_status(project, ProjectStatus.TRACKING, actor, step="中止项目处理", comment=comment,
+                suspend_reason=before_reason, resumed_grants=resumed, not_resumed=kept)
+    _tell_team(project, "已恢复开展", f"{project.name}：{comment}。{len(resumed)} 人的项目授权已恢复，请按追踪周期提交进展报告")
     db.session.flush()
     return project
 
