@@ -49,11 +49,19 @@ def test_authorisation_and_linked_privilege_grants(user, db_session):
     assert [g.user_id for g in high_risk.linked_grants(item)] == [other.id]
     assert high_risk.is_authorised(user_id=other.id, item=item)
     assert db_session.get(PrivilegeItem, item.privilege_item_id).code == "SUR-81.5300"
-    auth = high_risk.authorize(item=item, data={"user_id": user("gs_doc2").id, "role_in_team": "助手"}, actor=user("mao"))
+    with pytest.raises(ValidationFailed) as err:  # 四级手术: 副主任医师 and 定期考核; not in 普外科's catalogue
+        high_risk.authorize(item=item, data={"user_id": user("gs_doc2").id, "role_in_team": "助手"}, actor=user("mao"))
+    assert {"eligibility/title", "eligibility/assessment", "eligibility/dept_catalogue"} <= {
+        e["path"] for e in err.value.errors}
+    auth = high_risk.authorize(item=item, data={"user_id": user("gs_doc2").id, "role_in_team": "助手",
+                                                "override_reason": "骨科手术轮转，上级医师全程指导"}, actor=user("mao"))
+    assert auth.override_reason and auth.grant_id is not None
+    assert high_risk.is_authorised(user_id=user("gs_doc2").id, item=item)
     with pytest.raises(ValidationFailed):
         high_risk.authorize(item=item, data={"user_id": user("gs_doc2").id}, actor=user("mao"))
     high_risk.revoke_authorization(auth=auth, actor=user("mao"), reason="轮转离科")
     assert auth.status == "revoked" and not high_risk.is_authorised(user_id=user("gs_doc2").id, item=item)
+    assert db_session.get(Grant, auth.grant_id).status == "revoked"
 
 
 def test_yearly_evaluation_rectify_then_continue(user, do, ready, db_session):

@@ -67,6 +67,11 @@ class HighRiskAuthorization(Model):
     revoked_at: Mapped[datetime | None] = mapped_column(comment="取消时间")
     revoked_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="取消操作人")
     revoke_reason: Mapped[str | None] = mapped_column(String(500), comment="取消原因")
+    grant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("privilege_grants.id"), index=True,
+        comment="对应的医疗权限授予记录（技术关联权限项目时，授权即授予或沿用该项目的授权，供 HIS 校验；取消授权时停止）")
+    override_reason: Mapped[str | None] = mapped_column(
+        String(500), comment="医务处特批理由（被授权人不符合权限项目资格条件时必填，不符项见审计日志）")
 
     item: Mapped[HighRiskItem] = relationship(back_populates="authorizations")
     user: Mapped[User] = relationship(foreign_keys=[user_id], lazy="joined")
@@ -86,6 +91,8 @@ class HighRiskEvaluation(TimestampMixin, Model):
     mao_comment: Mapped[str | None] = mapped_column(Text, comment="医务处评估意见")
     started_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="发起人")
     decided_at: Mapped[datetime | None] = mapped_column(comment="评估完成时间")
+    suspended_grants: Mapped[dict[str, Any] | None] = mapped_column(
+        comment="暂停开展时一并暂停的医疗权限授予记录（reason 暂停原因、grant_ids 编号；评估恢复开展时据此恢复）")
 
     item: Mapped[HighRiskItem] = relationship(lazy="joined")
 

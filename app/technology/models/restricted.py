@@ -25,6 +25,10 @@ class RestrictedTechnology(Model):
     qc_title: Mapped[str | None] = mapped_column(String(300), comment="质量控制指标名称")
     effective_date: Mapped[date | None] = mapped_column(comment="施行日期")
     is_active: Mapped[bool] = mapped_column(default=True, comment="是否在用")
+    # seed 000 §三.1 限制类医疗技术授权: who may perform it is a privilege grant of this item (checked by HIS)
+    privilege_item_id: Mapped[int | None] = mapped_column(
+        ForeignKey("privilege_items.id"),
+        comment="对应的医疗权限目录项目（限制类医疗技术授权，首次批准开展时关联；停止开展时据此暂停科室医师的授权）")
 
 
 class RestrictedStatus(StrEnum):
@@ -71,6 +75,8 @@ class RestrictedApplication(StartFormMixin, TimestampMixin, Model):
     submitted_at: Mapped[datetime] = mapped_column(default=utcnow, comment="提交时间")
     decided_at: Mapped[datetime | None] = mapped_column(comment="办结时间")
     final_comment: Mapped[str | None] = mapped_column(Text, comment="最终意见")
+    suspended_grants: Mapped[dict[str, Any] | None] = mapped_column(
+        comment="停止开展时暂停的本科室医师医疗权限授予记录（reason 暂停原因、grant_ids 编号；重新备案时据此恢复）")
 
     technology: Mapped[RestrictedTechnology] = relationship(lazy="joined")
     dept: Mapped[Department] = relationship(lazy="joined")

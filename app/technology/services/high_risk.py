@@ -1,5 +1,19 @@
 """高风险诊疗技术 (seed 000 §二.3): an editable catalogue with departments, the staff authorised for each item,
-and one evaluation a year per item through `tech_high_risk_eval`."""
+and one evaluation a year per item through `tech_high_risk_eval`.
+
+Invariants:
+- only an active, not departed person is authorised, once per item while the authorisation is in force;
+- an item linked to a clinical-privilege item (privilege_item_id) is authorised through it, so HIS sees it
+  (seed 000 §三.6): the person must fit that item's eligibility rules (app.privileges.eligibility: title,
+  certificates, 定期考核, department catalogue) unless 医务处 overrides with a reason (audited), and the
+  authorisation holds an active grant of the item (created or reused; app.privileges.technology_link); revoking the
+  authorisation stops that grant unless another authorisation in force stands on it;
+- who may perform an item (is_authorised) is an authorisation in force — whose grant, when it has one, is in force
+  too — or an effective grant of the linked item (linked_grants);
+- a yearly evaluation that suspends an item suspends the linked grants (kept on the evaluation); a later evaluation
+  that lets the item continue resumes those nobody changed since;
+- every change is audited; services flush, the caller commits.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +32,7 @@ from app.core.timefmt import SHANGHAI
 from app.db import db, utcnow
 from app.errors import DomainError, Forbidden, InvalidTransition, NotFound, ValidationFailed
 from app.notify import services as notify
+from app.privileges import technology_link
 from app.technology.models.high_risk import (
     EVALUATION_STATUS_LABELS,
     HIGH_RISK_CATEGORY_LABELS,
@@ -26,7 +41,7 @@ from app.technology.models.high_risk import (
     HighRiskEvaluation,
     HighRiskItem,
 )
-from app.technology.services.common import Errors, active_user, today, workbook
+from app.technology.services.common import Errors, today, workbook
 
 log = logging.getLogger(__name__)
 PROCESS_KEY = "tech_high_risk_eval"
@@ -101,38 +116,102 @@ def retire_item(*, item: HighRiskItem, actor: User, reason: str) -> HighRiskItem
     return item
 
 
+def _person(uid: int | None, errors: Errors) -> User | None:
+    """The person to authorise: known, active and not departed (a per-reason message under user_id otherwise)."""
+    person = db.session.get(User, uid) if uid else None
+    if uid and person is None:
+        errors["user_id"] = "人员不存在"
+    elif person is not None and person.departed_at is not None:
+        errors["user_id"] = f"{person.name}已离职，不能授权"
+    elif person is not None and not person.is_active:
+        errors["user_id"] = f"{person.name}的账号已停用，不能授权"
+    else:
+        return person
+    return None
+
+
+def privilege_item(item: HighRiskItem) -> Any:
+    """The clinical-privilege item the technology is authorised through (None when not linked)."""
+    if not item.privilege_item_id:
+        return None
+    from app.privileges.models import PrivilegeItem
+
+    return db.session.get(PrivilegeItem, item.privilege_item_id)
+
+
 def authorize(*, item: HighRiskItem, data: dict[str, Any], actor: User) -> HighRiskAuthorization:
-    """Authorise a staff member for an item (audited). Raises ValidationFailed."""
+    """Authorise a staff member for an item (audited). For an item linked to a privilege item the person must fit its
+    eligibility rules — or `override_reason` from 医务处 (privileges.manage over the person) lets them through,
+    audited with every problem — and the authorisation holds an active grant of it (created or reused: audited,
+    pushed to HIS, person notified). Raises ValidationFailed (per field: user_id, valid_from, valid_until, item,
+    eligibility/<kind>, override_reason); nothing is written then."""
     errors = Errors()
     uid = errors.integer(data, "user_id", "被授权人员", minimum=1)
-    user = active_user(uid) if uid else None
-    if uid and user is None:
-        errors["user_id"] = "人员不存在或已停用"
+    user = _person(uid, errors)
     valid_from = errors.day(data, "valid_from", "生效日期", required=False) or today()
     valid_until = errors.day(data, "valid_until", "有效期至", required=False)
     if valid_until and valid_until < valid_from:
         errors["valid_until"] = "有效期至不能早于生效日期"
     role = errors.text(data, "role_in_team", "授权角色", required=False, max_len=32)
+    override = errors.text(data, "override_reason", "特批理由", required=False, max_len=technology_link.REASON_MAX)
     if item.status in ("retired", "suspended"):
         errors["item"] = f"该技术{item.status_label}，不能新增授权"
+    linked = privilege_item(item)
+    if linked is not None and (not linked.is_active or not linked.category.is_active):
+        errors["item"] = f"对应的医疗权限项目“{linked.name}”已停用，不能授权（请先在权限目录中启用）"
+    problems: dict[str, str] = {}
     if user is not None:
         dup = db.session.scalar(select(HighRiskAuthorization.id).where(
             HighRiskAuthorization.item_id == item.id, HighRiskAuthorization.user_id == user.id,
             HighRiskAuthorization.status == "active"))
         if dup:
             errors["user_id"] = f"{user.name}已有该技术的有效授权"
+        elif linked is not None and "item" not in errors:
+            held = technology_link.suspended_grant(holder_id=user.id, item_id=linked.id)
+            if held is not None:
+                errors["user_id"] = (f"{user.name}的医疗权限“{linked.name}”已暂停（{held.revoked_reason or '未注明原因'}），"
+                                     "请先在医疗权限管理中恢复或停止后再授权")
+            else:
+                problems = technology_link.eligibility_errors(holder=user, item=linked, on=valid_from)
+    if problems:
+        if override is None:
+            errors.update(problems)
+        elif user is not None and not technology_link.may_override(actor, user):
+            errors["override_reason"] = "只有医务处（医疗权限管理）可以特批资格不符的人员"
+            errors.update(problems)
+    elif override is not None:
+        override = None  # nothing to override: the reason is not kept
     if errors:
         raise ValidationFailed(dict(errors))
     assert user is not None
     auth = HighRiskAuthorization(item_id=item.id, user_id=user.id, role_in_team=role, valid_from=valid_from,
-                                 valid_until=valid_until, status="active", granted_by_id=actor.id)
+                                 valid_until=valid_until, status="active", granted_by_id=actor.id,
+                                 override_reason=override)
+    auth.user = user
     db.session.add(auth)
     db.session.flush()
-    audit.record(actor, "technology.high_risk_authorized", auth, after=audit.snapshot(auth))
+    after = audit.snapshot(auth)
+    if linked is not None:
+        grant, reused = technology_link.grant_for_authorisation(
+            holder=user, item=linked, valid_from=valid_from, valid_until=valid_until, actor=actor,
+            why=f"高风险诊疗技术「{item.name}」授权", override_reason=override, problems=list(problems.values()))
+        auth.grant_id = grant.id
+        if auth.valid_until is None and not reused:
+            auth.valid_until = grant.valid_until  # one validity for both (seed 000 §三.2 效期)
+        after |= {"grant_id": grant.id, "grant_reused": reused, "privilege_item": linked.code,
+                  "valid_until": auth.valid_until}
+    if override is not None:
+        after |= {"override_reason": override, "eligibility_problems": problems}
+        audit.record(actor, "technology.high_risk_eligibility_overridden", auth,
+                     after={"reason": override, "user_id": user.id, "problems": problems})
+    db.session.flush()
+    audit.record(actor, "technology.high_risk_authorized", auth, after=after)
     return auth
 
 
 def revoke_authorization(*, auth: HighRiskAuthorization, actor: User, reason: str) -> HighRiskAuthorization:
+    """Cancel an authorisation (audited); the privilege grant it holds is stopped (audited, pushed to HIS) unless
+    another authorisation in force stands on it. Raises ValidationFailed, InvalidTransition."""
     reason = (reason or "").strip()
     if not reason:
         raise ValidationFailed({"reason": "请填写取消原因"})
@@ -142,7 +221,18 @@ def revoke_authorization(*, auth: HighRiskAuthorization, actor: User, reason: st
     auth.revoked_at = utcnow()
     auth.revoked_by_id = actor.id
     auth.revoke_reason = reason[:500]
-    audit.record(actor, "technology.high_risk_revoked", auth, after={"reason": reason})
+    after: dict[str, Any] = {"reason": reason}
+    if auth.grant_id is not None:
+        shared = db.session.scalar(select(HighRiskAuthorization.id).where(
+            HighRiskAuthorization.grant_id == auth.grant_id, HighRiskAuthorization.id != auth.id,
+            HighRiskAuthorization.status == "active"))
+        if shared is None:
+            ended = technology_link.end_grant(grant_id=auth.grant_id, actor=actor,
+                                              reason=f"高风险诊疗技术「{auth.item.name}」授权已取消：{reason}")
+            after["grant_stopped"] = ended.id if ended is not None else None
+        else:
+            after["grant_kept_for"] = shared
+    audit.record(actor, "technology.high_risk_revoked", auth, after=after)
     db.session.flush()
     return auth
 
@@ -153,17 +243,29 @@ def staff_candidates(item: HighRiskItem) -> list[User]:
                                                       User.departed_at.is_(None)).order_by(User.name)))
 
 
+def authorisation_grants(item: HighRiskItem) -> dict[int, Any]:
+    """Authorisation id -> the privilege grant it holds (for the item page)."""
+    ids = {a.grant_id for a in item.authorizations if a.grant_id is not None}
+    if not ids:
+        return {}
+    from app.privileges.models import Grant
+
+    grants = {g.id: g for g in db.session.scalars(select(Grant).where(Grant.id.in_(ids)))}
+    return {a.id: grants[a.grant_id] for a in item.authorizations if a.grant_id in grants}
+
+
 def departments() -> list[Department]:
     return list(db.session.scalars(select(Department).where(Department.is_active.is_(True)).order_by(Department.code)))
 
 
-def linked_grants(item: HighRiskItem) -> list[Any]:
-    """Effective clinical-privilege grants of the linked privilege item (who may perform it through app.privileges)."""
+def linked_grants(item: HighRiskItem, on: date | None = None) -> list[Any]:
+    """Effective clinical-privilege grants of the linked privilege item (who may perform it through app.privileges),
+    including those held for this item's own authorisations."""
     if not item.privilege_item_id:
         return []
     from app.privileges.models import Grant, GrantStatus
 
-    on = today()
+    on = on or today()
     return list(db.session.scalars(select(Grant).where(
         Grant.item_id == item.privilege_item_id, Grant.status == GrantStatus.ACTIVE.value, Grant.valid_from <= on,
         or_(Grant.valid_until.is_(None), Grant.valid_until >= on)).order_by(Grant.id)))
@@ -348,11 +450,11 @@ def finalize(*, instance: Any, data: dict[str, Any], actor: Any) -> HighRiskEval
                      after={"status": item.status, "last_result": final, "year": evaluation.year})
         if final == "suspend":
             # 动态管理: a suspended technology is suspended in HIS too, through the linked privilege grants
-            from app.privileges import services as privileges
-
-            for grant in linked_grants(item):
-                privileges.suspend_grant(grant=grant, actor=actor,
-                                         reason=f"高风险诊疗技术「{item.name}」{evaluation.year}年度评估决定暂停开展")
+            evaluation.suspended_grants = technology_link.suspend_grants(
+                grants=linked_grants(item), actor=actor,
+                reason=f"高风险诊疗技术「{item.name}」{evaluation.year}年度评估决定暂停开展")
+        elif before["status"] == "suspended":
+            _resume_linked_grants(item=item, evaluation=evaluation, actor=actor)
     elif final in ("withdrawn", "terminated"):
         evaluation.status = "withdrawn"
         if item.status == "rectifying":
@@ -360,6 +462,21 @@ def finalize(*, instance: Any, data: dict[str, Any], actor: Any) -> HighRiskEval
         audit.record(actor, "technology.high_risk_evaluation_withdrawn", evaluation, after={"reason": data.get("reason")})
     db.session.flush()
     return evaluation
+
+
+def _resume_linked_grants(*, item: HighRiskItem, evaluation: HighRiskEvaluation, actor: Any) -> list[int]:
+    """A suspended item continues: resume the grants its suspending evaluations suspended that nobody changed
+    since (still valid, holder still active). Returns the grant ids resumed."""
+    earlier = db.session.scalars(select(HighRiskEvaluation).where(
+        HighRiskEvaluation.item_id == item.id, HighRiskEvaluation.id != evaluation.id,
+        HighRiskEvaluation.status == "suspend").order_by(HighRiskEvaluation.id))
+    why = f"高风险诊疗技术「{item.name}」{evaluation.year}年度评估决定继续开展"
+    resumed = [g.id for e in earlier if e.suspended_grants
+               for g in technology_link.resume_suspended(record=e.suspended_grants, reason=why, actor=actor)]
+    if resumed:
+        audit.record(actor, "technology.high_risk_grants_resumed", item,
+                     after={"year": evaluation.year, "grant_ids": resumed})
+    return resumed
 
 
 # ---------------------------------------------------------------- queries
@@ -426,7 +543,7 @@ def export_workbook(items: list[HighRiskItem]) -> bytes:
     on = today()
 
     def active(item: HighRiskItem) -> int:
-        return sum(1 for a in item.authorizations if a.status == "active" and (a.valid_until is None or a.valid_until >= on))
+        return sum(1 for a in item.authorizations if authorisation_in_force(a, on))
 
     rows = [[i.code, i.name, i.category_label, i.dept.name, i.procedure_code or "",
              ITEM_STATUS_LABELS.get(i.status, i.status), active(i),
@@ -435,16 +552,29 @@ def export_workbook(items: list[HighRiskItem]) -> bytes:
     return workbook("高风险诊疗技术", EXPORT_COLUMNS, rows, [12, 30, 10, 10, 14, 8, 10, 12, 10, 40])
 
 
+def authorisation_in_force(auth: HighRiskAuthorization, on: date | None = None) -> bool:
+    """An active authorisation inside its dates whose privilege grant, when it holds one, is in force too (what HIS
+    answers): a grant suspended or stopped in the privilege system suspends the authorisation with it."""
+    on = on or today()
+    if auth.status != "active" or auth.valid_from > on or (auth.valid_until is not None and auth.valid_until < on):
+        return False
+    if auth.grant_id is None:
+        return True
+    from app.privileges.models import Grant
+
+    grant = db.session.get(Grant, auth.grant_id)
+    return grant is not None and grant.is_effective(on)
+
+
 def is_authorised(*, user_id: int, item: HighRiskItem, on: date | None = None) -> bool:
-    """Whether a person may perform an item today: an own authorisation or an effective linked privilege grant."""
+    """Whether a person may perform an item today: an own authorisation in force or an effective linked privilege
+    grant."""
     on = on or today()
     if item.status != "active":
         return False
     person = db.session.get(User, user_id)
     if person is None or not person.is_active or person.departed_at is not None:
         return False  # a departed or disabled person performs nothing, whatever rows remain
-    for a in item.authorizations:
-        if a.user_id == user_id and a.status == "active" and a.valid_from <= on and (
-                a.valid_until is None or a.valid_until >= on):
-            return True
-    return any(g.user_id == user_id for g in linked_grants(item))
+    if any(a.user_id == user_id and authorisation_in_force(a, on) for a in item.authorizations):
+        return True
+    return any(g.user_id == user_id for g in linked_grants(item, on=on))

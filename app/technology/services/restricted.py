@@ -1,5 +1,14 @@
 """限制类技术 (seed 000 §二.2): the national catalogue; application → expert review → scientific and ethics
-(meeting) review → approval → filing → quarterly case reports and annual summaries, through `tech_restricted`."""
+(meeting) review → approval → filing → quarterly case reports and annual summaries, through `tech_restricted`.
+
+Who may perform it is a 限制类医疗技术授权 grant (seed 000 §三.1), which HIS checks (§三.6); the link is kept through
+app.privileges.technology_link:
+- approval makes sure the technology's privilege item (RT-NN) exists and is active, links it on the technology and
+  puts it into the department's 科室技术目录 when the department keeps one; physicians then apply for it as usual;
+- stopping the technology at the annual review (or ending the flow after approval) suspends the grants of that
+  item held by the department's physicians, with the reason, and keeps which on the application;
+- filing the technology again for the department resumes those grants still suspended for that reason.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ from app.db import db, utcnow
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.forms import start as start_forms
 from app.notify import services as notify
+from app.privileges import technology_link
 from app.technology.models.restricted import (
     RESTRICTED_STATUS_LABELS,
     RestrictedAnnualSummary,
@@ -154,6 +164,7 @@ def on_task_complete(*, instance: Any, task: Any, data: dict[str, Any], actor: U
     elif spec == "approval":
         if decision == "approve":
             _status(application, RestrictedStatus.FILING, actor, step="审批", comment=data.get("comment"))
+            open_privilege(application=application, actor=actor)
         elif decision == "return":
             _status(application, RestrictedStatus.RETURNED, actor, step="审批", comment=data.get("comment"))
     elif spec == "filing":
@@ -162,6 +173,7 @@ def on_task_complete(*, instance: Any, task: Any, data: dict[str, Any], actor: U
         application.filing_authority = str(data.get("authority") or "")[:100]
         _status(application, RestrictedStatus.TRACKING, actor, filing_no=application.filing_no,
                 filed_on=application.filed_on.isoformat())
+        resume_privileges(application=application, actor=actor)
         notify.notify(user_ids=[application.applicant_id], title=f"限制类技术 {application.number} 已备案",
                       body=f"备案号 {application.filing_no}；请每季度提交病例报告、每年提交年度总结",
                       link=f"/technology/restricted/{application.id}", kind="result")
@@ -206,15 +218,96 @@ def finalize(*, instance: Any, data: dict[str, Any], actor: Any) -> RestrictedAp
     if outcome is None:
         return application
     comment = (data.get("reason") if outcome is RestrictedStatus.WITHDRAWN else data.get("comment")) or None
+    was_approved = str(application.status) in (RestrictedStatus.FILING, RestrictedStatus.TRACKING)
     application.final_comment = comment
     application.decided_at = utcnow()
     _status(application, outcome, actor, comment=comment)
+    if outcome is RestrictedStatus.STOPPED or (outcome is RestrictedStatus.WITHDRAWN and was_approved):
+        suspend_privileges(application=application, actor=actor)
     if getattr(actor, "id", None) != application.applicant_id:
         notify.notify(user_ids=[application.applicant_id],
                       title=f"限制类技术 {application.number}：{application.status_label}", body=comment,
                       link=f"/technology/restricted/{application.id}", kind="result")
     db.session.flush()
     return application
+
+
+# ---------------------------------------------------------------- the 限制类医疗技术授权 grants (seed 000 §三.1, §三.6)
+
+
+def privilege_item(technology: RestrictedTechnology) -> Any:
+    """The technology's privilege item: the linked one, else the catalogue's RT-NN item (None when neither)."""
+    return technology_link.find_restricted_item(item_id=technology.privilege_item_id, seq=technology.seq)
+
+
+def open_privilege(*, application: RestrictedApplication, actor: Any) -> Any:
+    """On approval: the technology's 限制类医疗技术授权 item exists and is active, is linked on the technology
+    (audited) and is in the department's 科室技术目录 when the department keeps one. Returns the item."""
+    tech = application.technology
+    item = technology_link.ensure_restricted_item(
+        item_id=tech.privilege_item_id, seq=tech.seq, name=tech.name, spec_title=tech.spec_title, actor=actor,
+        cause=f"限制类技术 {application.number}（{application.dept.name}）批准开展")
+    if tech.privilege_item_id != item.id:
+        before = tech.privilege_item_id
+        tech.privilege_item_id = item.id
+        audit.record(actor, "technology.restricted_item_linked", tech, before={"privilege_item_id": before},
+                     after={"privilege_item_id": item.id, "item": item.code, "application": application.number})
+    technology_link.add_to_dept_catalogue(dept=application.dept, item=item, actor=actor)
+    db.session.flush()
+    return item
+
+
+def stop_reason(application: RestrictedApplication) -> str:
+    """Why the department's grants are suspended: shown to HIS users by the check API and to the holders."""
+    tech = application.technology
+    if application.status == RestrictedStatus.STOPPED:
+        head = f"限制类技术「{tech.name}」经年度审核停止开展（{application.number}）"
+    else:
+        head = f"限制类技术「{tech.name}」备案追踪已终止（{application.number}）"
+    return f"{head}：{application.final_comment}" if application.final_comment else head
+
+
+def suspend_privileges(*, application: RestrictedApplication, actor: Any) -> list[int]:
+    """The department stops the technology: suspend the grants of its privilege item held by the department's
+    physicians (audited, pushed to HIS) and keep which on the application. Returns the grant ids."""
+    item = privilege_item(application.technology)
+    if item is None:
+        return []
+    record = technology_link.suspend_dept_grants(item_id=item.id, dept_id=application.dept_id,
+                                                 reason=stop_reason(application), actor=actor)
+    if record["grant_ids"]:
+        application.suspended_grants = record
+        audit.record(actor, "technology.restricted_grants_suspended", application,
+                     after={"item": item.code, **record})
+    db.session.flush()
+    return list(record["grant_ids"])
+
+
+def resume_privileges(*, application: RestrictedApplication, actor: Any) -> list[int]:
+    """The technology is filed again for a department that had stopped it: resume the grants suspended then that
+    nobody changed since (still valid, holder still an active member). Returns the grant ids resumed."""
+    earlier = db.session.scalars(select(RestrictedApplication).where(
+        RestrictedApplication.technology_id == application.technology_id,
+        RestrictedApplication.dept_id == application.dept_id, RestrictedApplication.id != application.id,
+        RestrictedApplication.status.in_((RestrictedStatus.STOPPED, RestrictedStatus.WITHDRAWN)))
+        .order_by(RestrictedApplication.id))
+    reason = f"限制类技术「{application.technology.name}」已重新备案（{application.number}，备案号 {application.filing_no}）"
+    resumed: list[int] = []
+    for previous in earlier:
+        if not previous.suspended_grants:
+            continue
+        resumed += [g.id for g in technology_link.resume_suspended(record=previous.suspended_grants, reason=reason,
+                                                                   actor=actor, dept_id=application.dept_id)]
+    if resumed:
+        audit.record(actor, "technology.restricted_grants_resumed", application, after={"grant_ids": resumed})
+    db.session.flush()
+    return resumed
+
+
+def department_grants(application: RestrictedApplication) -> list[Any]:
+    """Grants of the technology's privilege item held by the department's members (the detail page)."""
+    item = privilege_item(application.technology)
+    return technology_link.dept_grants(item_id=item.id, dept_id=application.dept_id) if item is not None else []
 
 
 # ---------------------------------------------------------------- queries

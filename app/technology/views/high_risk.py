@@ -102,33 +102,39 @@ def retire_high_risk(item_id: int):
     return redirect(url_for("technology.high_risk_item", item_id=item_id))
 
 
+def _item_page(item, *, errors: dict[str, str], values: dict | None = None, status: int = 200):
+    evaluations = services.evaluations(item)
+    today = common.today()
+    return render_template("technology/high_risk_item.html", item=item, grants=services.linked_grants(item),
+                           privilege_item=services.privilege_item(item),
+                           auth_grants=services.authorisation_grants(item),
+                           in_force={a.id for a in item.authorizations if services.authorisation_in_force(a, today)},
+                           evaluations=evaluations, candidates=services.staff_candidates(item),
+                           can_manage=common.may_manage(current_user), today=today, errors=errors,
+                           values=values or {},
+                           progress=common.instance_progress([e.instance_id for e in evaluations])), status
+
+
 @bp.get("/high-risk/<int:item_id>")
 @require("technology.view")
 def high_risk_item(item_id: int):
     item = services.get_item(item_id=item_id, viewer=current_user)
-    return render_template("technology/high_risk_item.html", item=item, grants=services.linked_grants(item),
-                           evaluations=services.evaluations(item), candidates=services.staff_candidates(item),
-                           can_manage=common.may_manage(current_user), today=common.today(), errors={},
-                           progress=common.instance_progress([e.instance_id for e in services.evaluations(item)]))
+    return _item_page(item, errors={})
 
 
 @bp.post("/high-risk/<int:item_id>/staff")
 @require("technology.manage")
 def authorize_high_risk(item_id: int):
     item = services.get_item(item_id=item_id, viewer=current_user)
+    values = request.form.to_dict()
     try:
-        auth = services.authorize(item=item, data=request.form.to_dict(), actor=current_user)
+        auth = services.authorize(item=item, data=values, actor=current_user)
     except ValidationFailed as exc:
         db.session.rollback()
         item = services.get_item(item_id=item_id, viewer=current_user)
-        return render_template("technology/high_risk_item.html", item=item, grants=services.linked_grants(item),
-                               evaluations=services.evaluations(item), candidates=services.staff_candidates(item),
-                               can_manage=True,
-                               today=common.today(), errors=error_map(exc),
-                               progress=common.instance_progress([e.instance_id for e in services.evaluations(item)])
-                               ), 400
+        return _item_page(item, errors=error_map(exc), values=values, status=400)
     db.session.commit()
-    flash(f"已授权：{auth.user.name}", "success")
+    flash(f"已授权：{auth.user.name}" + ("（已同步医疗权限授权，HIS 可校验）" if auth.grant_id else ""), "success")
     return redirect(url_for("technology.high_risk_item", item_id=item_id))
 
 

@@ -22,7 +22,9 @@ from app.technology.views.new_tech import ethics_setup_page, ethics_values
 @bp.get("/restricted/catalogue")
 @require("technology.view", "technology.apply", "technology.manage")
 def restricted_catalogue():
-    return render_template("technology/restricted_catalogue.html", items=services.catalogue(active_only=False))
+    items = services.catalogue(active_only=False)
+    return render_template("technology/restricted_catalogue.html", items=items,
+                           privilege_items={t.id: services.privilege_item(t) for t in items})
 
 
 def _filters() -> services.RestrictedFilter:
@@ -84,6 +86,8 @@ def restricted_detail(application_id: int):
                            progress=common.instance_progress([application.instance_id]).get(application.instance_id or 0),
                            open_steps=common.ready_tasks(application.instance_id),
                            ethics_reviews=ethics.reviews_for_source(source_kind="restricted", source_id=application.id),
+                           privilege_item=services.privilege_item(application.technology),
+                           dept_grants=services.department_grants(application),
                            can_manage=common.may_manage(current_user))
 
 
