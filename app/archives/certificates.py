@@ -18,8 +18,8 @@ import re
 import unicodedata
 import uuid
 import zipfile
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from app.auth.models import Role, User, UserRole
 from app.auth.services import has_permission
 from app.db import db, utcnow
 from app.errors import Forbidden, NotFound, ValidationFailed
+from app.forms import start as start_forms
 from app.notify import services as notify
 
 from . import services as archives
@@ -277,21 +278,29 @@ class CertificateInput:
     note: str | None = None
 
 
-def _check_input(data: CertificateInput) -> tuple[dict[str, str], dict[str, Any]]:
+def _check_input(data: Any, *, keep: Mapping[str, Any] | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """Errors by field path and clean values of a certificate against the latest `archive_certificate` form
+    template and the business rules (type in use, dates in order, an expiry date where the type expires). `data`
+    is a CertificateInput (then `keep`, the row's stored extra fields, fills the template fields it cannot carry)
+    or a dict / form-encoded data with any fields the office added."""
+    form = start_forms.start_form(Certificate.FORM_KEY)
+    defaults = None
+    if isinstance(data, CertificateInput):
+        data, defaults = asdict(data), keep
+    values, template_errors = start_forms.check(form, data, defaults=defaults)
     errors: dict[str, str] = {}
-    ctype = db.session.get(CertificateType, data.type_id) if data.type_id else None
+    type_id = values.get("type_id")
+    ctype = (db.session.get(CertificateType, type_id)
+             if isinstance(type_id, int) and not isinstance(type_id, bool) and type_id > 0 else None)
     if ctype is None or not ctype.is_active:
         errors["type_id"] = "请选择证件类型"
     clean: dict[str, Any] = {"type": ctype}
-    for name, limit, label in (("number", 64, "证件编号"), ("issuer", 128, "发证机关"), ("note", 500, "备注")):
-        value = (getattr(data, name) or "").strip()
-        if len(value) > limit:
-            errors[name] = f"{label}不超过 {limit} 个字符"
-        clean[name] = value or None
+    for name in ("number", "issuer", "note"):
+        value = values.get(name)
+        clean[name] = value if isinstance(value, str) and value else None
     for name, label in (("issue_date", "发证日期"), ("expiry_date", "有效期至")):
-        text = (getattr(data, name) or "").strip()
-        value = None
-        if text:
+        text, value = values.get(name), None
+        if isinstance(text, str) and name not in template_errors:
             try:
                 value = date.fromisoformat(text)
             except ValueError:
@@ -301,10 +310,13 @@ def _check_input(data: CertificateInput) -> tuple[dict[str, str], dict[str, Any]
         errors["issue_date"] = "发证日期不能晚于今天"
     if clean.get("issue_date") and clean.get("expiry_date") and clean["expiry_date"] < clean["issue_date"]:
         errors["expiry_date"] = "有效期至不能早于发证日期"
-    if ctype is not None and ctype.has_expiry and clean.get("expiry_date") is None and "expiry_date" not in errors:
+    if (ctype is not None and ctype.has_expiry and clean.get("expiry_date") is None
+            and "expiry_date" not in errors and "expiry_date" not in template_errors):
         # without the date no expiry reminder can ever be sent (seed 000 §一.2 证件提醒)
         errors["expiry_date"] = f"{ctype.name}有有效期，请填写有效期至"
-    return errors, clean
+    clean["form"] = form
+    clean["form_data"] = start_forms.extra(form, values, Certificate.FORM_COLUMNS)
+    return start_forms.merge_errors(template_errors, errors), clean
 
 
 @dataclass
@@ -372,9 +384,11 @@ def _store(cert: Certificate, upload: Upload, actor: Any) -> CertificateFile:
     return row
 
 
-def add_certificate(*, staff: User, actor: Any, data: CertificateInput, files: Iterable[Upload] = (),
+def add_certificate(*, staff: User, actor: Any, data: CertificateInput | Any, files: Iterable[Upload] = (),
                     source: str = "manual") -> Certificate:
-    """Register a certificate with its scans (audited). Raises Forbidden, ValidationFailed (nothing stored)."""
+    """Register a certificate with its scans (audited) from the `archive_certificate` form (a CertificateInput, or
+    a dict / form-encoded data with the office's extra fields, kept with the template version). Raises Forbidden,
+    ValidationFailed (every problem by field path; nothing stored)."""
     _ensure_can_edit(actor, staff)
     files = list(files)
     errors, clean = _check_input(data)
@@ -386,7 +400,8 @@ def add_certificate(*, staff: User, actor: Any, data: CertificateInput, files: I
         raise ValidationFailed(errors)
     cert = Certificate(user_id=staff.id, type_id=clean["type"].id, number=clean["number"], issuer=clean["issuer"],
                        issue_date=clean["issue_date"], expiry_date=clean["expiry_date"], note=clean["note"],
-                       source=source, created_by_id=actor.id if isinstance(actor, User) else None)
+                       source=source, created_by_id=actor.id if isinstance(actor, User) else None,
+                       form_version=clean["form"].version, form_data=clean["form_data"])
     db.session.add(cert)
     db.session.flush()
     audit.record(actor, "archive.certificate_created", cert, after=audit.snapshot(cert))
@@ -397,14 +412,16 @@ def add_certificate(*, staff: User, actor: Any, data: CertificateInput, files: I
     return cert
 
 
-def update_certificate(*, cert: Certificate, actor: Any, data: CertificateInput, files: Iterable[Upload] = ()
+def update_certificate(*, cert: Certificate, actor: Any, data: CertificateInput | Any, files: Iterable[Upload] = ()
                        ) -> Certificate:
-    """Change a certificate's details and add scans (audited before/after). Raises Forbidden, ValidationFailed."""
+    """Change a certificate's details and add scans (audited before/after), checked against the latest
+    `archive_certificate` template (whose version and extra fields the certificate then records; a
+    CertificateInput keeps the extra fields stored before). Raises Forbidden, ValidationFailed."""
     staff = db.session.get(User, cert.user_id)
     assert staff is not None
     _ensure_can_edit(actor, staff)
     files = list(files)
-    errors, clean = _check_input(data)
+    errors, clean = _check_input(data, keep=cert.form_data)
     for i, f in enumerate(files):
         problem = file_problem(f)
         if problem:
@@ -416,6 +433,7 @@ def update_certificate(*, cert: Certificate, actor: Any, data: CertificateInput,
     cert.type = clean["type"]
     cert.number, cert.issuer, cert.note = clean["number"], clean["issuer"], clean["note"]
     cert.issue_date, cert.expiry_date = clean["issue_date"], clean["expiry_date"]
+    cert.form_version, cert.form_data = clean["form"].version, clean["form_data"]
     db.session.flush()
     audit.record(actor, "archive.certificate_updated", cert, before=before, after=audit.snapshot(cert))
     for f in files:

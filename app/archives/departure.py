@@ -23,6 +23,7 @@ from app.audit import services as audit
 from app.auth.models import User
 from app.db import db, utcnow
 from app.errors import Forbidden, InvalidTransition, NotFound, ValidationFailed
+from app.forms import start as start_forms
 from app.notify import services as notify
 
 from . import services as archives
@@ -31,46 +32,47 @@ from .models import DEPARTURE_KIND_LABELS, Departure, DepartureKind, DepartureSt
 REINSTATEMENT_KEY = "archive_reinstatement"
 
 
-def _parse_date(value: Any) -> date | None:
-    if isinstance(value, date):
-        return value
-    try:
-        return date.fromisoformat(str(value or "").strip())
-    except ValueError:
-        return None
-
-
-def register_departure(*, staff: User, kind: str, departure_date: Any, reason: str, actor: User) -> Departure:
-    """Register a resignation, retirement or dismissal and cut access at once (see the module invariants).
-    Raises Forbidden (not archives.manage for the person), ValidationFailed (nothing changed),
-    InvalidTransition (already departed, or one's own account)."""
+def register_departure(*, staff: User, actor: User, kind: str | None = None, departure_date: Any = None,
+                       reason: str | None = None, data: Any = None) -> Departure:
+    """Register a resignation, retirement or dismissal from the latest `archive_departure` form template (`data`,
+    a dict or form-encoded data with any fields the office added; or kind + departure_date + reason) and cut
+    access at once (see the module invariants). The template version and extra fields are kept on the
+    departure. Raises Forbidden (not archives.manage for the person), ValidationFailed (every problem by field
+    path; nothing changed), InvalidTransition (already departed, or one's own account)."""
     if not archives.is_manager(actor, staff):
         raise Forbidden("只有医务处可以登记离职")
+    if data is None:
+        data = {"kind": kind, "departure_date": departure_date, "reason": reason}
+    form = start_forms.start_form(Departure.FORM_KEY)
+    values, template_errors = start_forms.check(form, data)
     errors: dict[str, str] = {}
-    if kind not in DEPARTURE_KIND_LABELS:
+    kind = values.get("kind")
+    # the engine, lists and labels know these kinds only, whatever options the template offers
+    if isinstance(kind, str) and kind not in DEPARTURE_KIND_LABELS:
         errors["kind"] = "请选择离职类型"
-    day = _parse_date(departure_date)
-    if day is None:
-        errors["departure_date"] = "请填写有效的离职日期（如 2024-05-01）"
-    elif day > archives.today():
+    day = None
+    if "departure_date" not in template_errors and isinstance(values.get("departure_date"), str):
+        try:
+            day = date.fromisoformat(values["departure_date"])
+        except ValueError:
+            errors["departure_date"] = "请填写有效的离职日期（如 2024-05-01）"
+    if day is not None and day > archives.today():
         errors["departure_date"] = "离职日期不能晚于今天（预计离职请在离职当日登记）"
-    reason = (reason or "").strip()
-    if not reason:
-        errors["reason"] = "请填写离职原因"
-    elif len(reason) > 2000:
-        errors["reason"] = "离职原因不超过 2000 个字符"
-    if errors:
-        raise ValidationFailed(errors)
+    problems = start_forms.merge_errors(template_errors, errors)
+    if problems:
+        raise ValidationFailed(problems)
     if staff.departed_at is not None:
         raise InvalidTransition("该人员已登记离职", user_id=staff.id)
     if staff.id == actor.id:
         raise InvalidTransition("不能为自己登记离职", user_id=staff.id)
-    assert day is not None
+    assert day is not None and isinstance(kind, str)
+    reason = str(values["reason"])
     label = DEPARTURE_KIND_LABELS[kind]
     before = audit.snapshot(staff)
+    extra = start_forms.extra(form, values, Departure.FORM_COLUMNS)
     departure = Departure(user_id=staff.id, kind=DepartureKind(kind), departure_date=day, reason=reason,
                           status=DepartureStatus.DEPARTED, registered_by_id=actor.id, registered_at=utcnow(),
-                          affected_tasks=[])
+                          affected_tasks=[], form_version=form.version, form_data=extra)
     db.session.add(departure)
     staff.departed_at = utcnow()
     staff.is_active = False
@@ -89,6 +91,7 @@ def register_departure(*, staff: User, kind: str, departure_date: Any, reason: s
     db.session.flush()
     audit.record(actor, "archive.departure_registered", departure, before={"user": before},
                  after={"user": audit.snapshot(staff), "kind": kind, "departure_date": day, "reason": reason,
+                        "form_version": form.version, **({"form_data": extra} if extra else {}),
                         "grants_revoked": departure.grants_revoked,
                         "day_surgery_qualifications_revoked": list(ended.day_surgery_qualifications),
                         "high_risk_authorizations_revoked": list(ended.high_risk_authorizations),

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.auth.models import User
 from app.db import Model, TimestampMixin, utcnow
+from app.forms.models import StartFormMixin
 
 
 class RecordStatus(StrEnum):
@@ -174,12 +175,14 @@ class CertificateRequirement(Model):
     type: Mapped[CertificateType] = relationship(lazy="joined")
 
 
-class Certificate(TimestampMixin, Model):
+class Certificate(StartFormMixin, TimestampMixin, Model):
     __tablename__ = "certificates"
     __table_args__ = (
         Index("ix_certificates_user_type", "user_id", "type_id"),
         {"comment": "人员证件"},
     )
+    FORM_KEY = "archive_certificate"
+    FORM_COLUMNS = ("type_id", "number", "issuer", "issue_date", "expiry_date", "note")
     id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), comment="证件所属人员")
     type_id: Mapped[int] = mapped_column(ForeignKey("certificate_types.id"), comment="证件类型")
@@ -325,9 +328,11 @@ class DepartureStatus(StrEnum):
 DEPARTURE_STATUS_LABELS = {"departed": "已离职", "reinstating": "复职审批中", "reinstated": "已复职"}
 
 
-class Departure(Model):
+class Departure(StartFormMixin, Model):
     __tablename__ = "archive_departures"
     __table_args__ = {"comment": "离职登记（辞职、退休、辞退）及复职"}
+    FORM_KEY = "archive_departure"
+    FORM_COLUMNS = ("kind", "departure_date", "reason")
     id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True, comment="离职人员")
     kind: Mapped[DepartureKind] = mapped_column(String(16), comment="类型：resignation/retirement/dismissal/other")

@@ -17,6 +17,7 @@ from app.core.paging import paginate
 from app.db import db
 from app.errors import Forbidden, ValidationFailed
 from app.forms import services as forms
+from app.forms import start as start_forms
 
 from . import certificates as certs
 from . import departure as departures
@@ -26,6 +27,7 @@ from .models import (
     DEPARTURE_STATUS_LABELS,
     HR_DIFF_STATUS_LABELS,
     Certificate,
+    Departure,
     HrImportBatch,
 )
 
@@ -334,18 +336,14 @@ def settings():
 # ---------------------------------------------------------------- certificates
 
 
-def _cert_input() -> certs.CertificateInput:
-    type_id = request.form.get("type_id", "")
-    return certs.CertificateInput(type_id=int(type_id) if type_id.isdigit() else None,
-                                  number=request.form.get("number"), issuer=request.form.get("issuer"),
-                                  issue_date=request.form.get("issue_date"), expiry_date=request.form.get("expiry_date"),
-                                  note=request.form.get("note"))
-
-
-def _render_cert_form(staff: User, *, cert: Certificate | None, values: dict[str, Any], errors: dict[str, str],
-                      status: int = 200):
-    return render_template("archives/certificate_form.html", staff=staff, cert=cert, values=values, errors=errors,
-                           types=certs.certificate_types(), max_mb=certs.max_file_bytes() // (1024 * 1024)), status
+def _render_cert_form(staff: User, *, cert: Certificate | None, data: dict[str, Any] | None,
+                      errors: dict[str, str], status: int = 200):
+    form = start_forms.start_form(Certificate.FORM_KEY)
+    types = certs.certificate_types()
+    choices = {"type_id": [(t.id, f"{t.name}（有有效期）" if t.has_expiry else t.name) for t in types]}
+    return render_template("archives/certificate_form.html", staff=staff, cert=cert, form=form, errors=errors,
+                           fields=start_forms.render(form, data, errors, choices=choices),
+                           max_mb=certs.max_file_bytes() // (1024 * 1024)), status
 
 
 @bp.route("/<int:user_id>/certificates/new", methods=["GET", "POST"])
@@ -354,17 +352,19 @@ def new_certificate(user_id: int):
     staff = _staff(user_id)
     if not certs.can_edit_certificates(current_user, staff):
         abort(403)
+    form = start_forms.start_form(Certificate.FORM_KEY)
     if request.method == "POST":
         try:
-            certs.add_certificate(staff=staff, actor=current_user, data=_cert_input(), files=_uploads())
+            certs.add_certificate(staff=staff, actor=current_user, data=request.form, files=_uploads())
         except ValidationFailed as exc:
             db.session.rollback()
-            return _render_cert_form(staff, cert=None, values=request.form.to_dict(), errors=_errors_dict(exc.errors),
-                                     status=400)
+            return _render_cert_form(staff, cert=None, data=start_forms.coerce(form, request.form),
+                                     errors=_errors_dict(exc.errors), status=400)
         db.session.commit()
         flash("证件已登记", "success")
         return redirect(url_for("archives.show", user_id=staff.id, tab="certificates"))
-    return _render_cert_form(staff, cert=None, values={"type_id": request.args.get("type_id", "")}, errors={})
+    return _render_cert_form(staff, cert=None, data=start_forms.initial(form, start_forms.coerce(form, request.args)),
+                             errors={})
 
 
 @bp.route("/certificates/<int:cert_id>/edit", methods=["GET", "POST"])
@@ -374,21 +374,21 @@ def edit_certificate(cert_id: int):
     staff = _staff(cert.user_id)
     if not certs.can_edit_certificates(current_user, staff):
         abort(403)
+    form = start_forms.start_form(Certificate.FORM_KEY)
     if request.method == "POST":
         try:
-            certs.update_certificate(cert=cert, actor=current_user, data=_cert_input(), files=_uploads())
+            certs.update_certificate(cert=cert, actor=current_user, data=request.form, files=_uploads())
         except ValidationFailed as exc:
             db.session.rollback()
             cert = certs.get_certificate(cert_id)
-            return _render_cert_form(staff, cert=cert, values=request.form.to_dict(), errors=_errors_dict(exc.errors),
-                                     status=400)
+            return _render_cert_form(staff, cert=cert, data=start_forms.coerce(form, request.form),
+                                     errors=_errors_dict(exc.errors), status=400)
         db.session.commit()
         flash("证件已保存", "success")
         return redirect(url_for("archives.show", user_id=staff.id, tab="certificates"))
-    values = {"type_id": str(cert.type_id), "number": cert.number or "", "issuer": cert.issuer or "",
-              "issue_date": cert.issue_date.isoformat() if cert.issue_date else "",
-              "expiry_date": cert.expiry_date.isoformat() if cert.expiry_date else "", "note": cert.note or ""}
-    return _render_cert_form(staff, cert=cert, values=values, errors={})
+    data = {**(cert.form_data or {}), "type_id": cert.type_id, "number": cert.number, "issuer": cert.issuer,
+            "issue_date": cert.issue_date, "expiry_date": cert.expiry_date, "note": cert.note}
+    return _render_cert_form(staff, cert=cert, data=start_forms.coerce(form, data), errors={})
 
 
 @bp.post("/certificates/<int:cert_id>/delete")
@@ -577,12 +577,11 @@ def hr_confirm(user_id: int):
 @require("archives.manage")
 def register_departure(user_id: int):
     staff = _staff(user_id)
+    form = start_forms.start_form(Departure.FORM_KEY)
     errors: dict[str, str] = {}
     if request.method == "POST":
         try:
-            row = departures.register_departure(staff=staff, kind=request.form.get("kind", ""),
-                                                departure_date=request.form.get("departure_date", ""),
-                                                reason=request.form.get("reason", ""), actor=current_user)
+            row = departures.register_departure(staff=staff, data=request.form, actor=current_user)
             # an HR report of this departure is settled by the registration
             hr.close_departure_reports(user=staff, departure=row, actor=current_user)
         except ValidationFailed as exc:
@@ -593,11 +592,15 @@ def register_departure(user_id: int):
             flash(f"已登记{staff.name}离职：账号已停用，停止授权 {row.grants_revoked} 项，处理待办/流程 "
                   f"{len(row.affected_tasks)} 项", "success")
             return redirect(url_for("archives.departure_detail", departure_id=row.id))
-    elif request.args.get("hr_diff"):
-        # opened from "人事系统报告离职" on the HR page: kind and reason prefilled from the query string
-        flash("人事系统报告该人员离职：已预填离职类型和原因，请核实离职日期与原因后确认登记", "info")
-    return render_template("archives/departure_form.html", staff=staff, errors=errors, kinds=DEPARTURE_KIND_LABELS,
-                           values=request.form if request.method == "POST" else request.args, today=services.today(),
+        data = start_forms.coerce(form, request.form)
+    else:
+        if request.args.get("hr_diff"):
+            # opened from "人事系统报告离职" on the HR page: kind and reason prefilled from the query string
+            flash("人事系统报告该人员离职：已预填离职类型和原因，请核实离职日期与原因后确认登记", "info")
+        data = start_forms.initial(form, {"departure_date": services.today().isoformat(),
+                                          **start_forms.coerce(form, request.args)})
+    return render_template("archives/departure_form.html", staff=staff, errors=errors, form=form,
+                           fields=start_forms.render(form, data, errors),
                            open_work=_open_work_preview(staff)), 400 if errors else 200
 
 

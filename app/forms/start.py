@@ -26,8 +26,8 @@ from app.forms import services
 from app.forms.render import ErrorsIn, render_form
 from app.forms.schema import SCALAR_TYPES, FormDef, field_kind, json_type, properties, required_names, sub_ui
 
-__all__ = ["start_form", "coerce", "check", "merge_errors", "extra", "with_choices", "initial", "render",
-           "stored_html", "LOCK"]
+__all__ = ["start_form", "coerce", "check", "merge_errors", "extra", "with_choices", "without", "initial",
+           "render", "stored_html", "LOCK"]
 
 LOCK = "ui:locked"
 # the same "absent" marker and text parsing as form-encoded submissions
@@ -149,6 +149,20 @@ def with_choices(form: FormDef, choices: Mapping[str, Iterable[tuple[Any, str]]]
         else:
             target.pop("oneOf", None)
     return FormDef(key=form.key, version=form.version, schema=schema, ui=form.ui)
+
+
+def without(form: FormDef, names: Iterable[str]) -> FormDef:
+    """A copy of the form without these fields, for a page that draws them itself (a catalogue table) or keeps
+    them from a user (an office-only field). Only for rendering: the service checks the whole submission."""
+    drop = set(names)
+    schema = copy.deepcopy(form.schema)
+    schema["properties"] = {k: v for k, v in (schema.get("properties") or {}).items() if k not in drop}
+    if isinstance(schema.get("required"), list):
+        schema["required"] = [n for n in schema["required"] if n not in drop]
+    ui = {k: copy.deepcopy(v) for k, v in form.ui.items() if k not in drop}
+    if isinstance(ui.get("ui:order"), list):
+        ui["ui:order"] = [n for n in ui["ui:order"] if n not in drop]
+    return FormDef(key=form.key, version=form.version, schema=schema, ui=ui)
 
 
 def initial(form: FormDef, values: Mapping[str, Any] | None = None) -> dict[str, Any]:

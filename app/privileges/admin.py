@@ -17,6 +17,7 @@ from app.auth.access import require
 from app.core.paging import paginate
 from app.db import db
 from app.errors import InvalidTransition, ValidationFailed
+from app.forms import start as start_forms
 from app.outbox import services as outbox
 from app.privileges import services
 from app.privileges.models import EMERGENCY_REVIEW_LABELS, GRANT_STATUS_LABELS, EmergencyGrant
@@ -125,33 +126,26 @@ def emergency():
                            review=review, now=services.utcnow(), status_labels=GRANT_STATUS_LABELS)
 
 
-def _render_emergency_form(form: dict[str, str], errors: dict[str, str] | None = None, status: int = 200):
-    return render_template("privileges/admin/emergency_form.html", form=form, errors=errors or {},
+def _render_emergency_form(data: dict[str, Any] | None, errors: dict[str, str] | None = None, status: int = 200):
+    form = start_forms.start_form(EmergencyGrant.FORM_KEY)
+    errors = errors or {}
+    return render_template("privileges/admin/emergency_form.html", form=form, errors=errors,
+                           fields=start_forms.render(form, data, errors),
                            max_hours=services.emergency_max_hours()), status
 
 
 @bp.route("/emergency/new", methods=["GET", "POST"])
 @require("privileges.manage")
 def new_emergency():
-    keys = ("staff_no", "item_code", "hours", "reason", "patient_ref")
+    form = start_forms.start_form(EmergencyGrant.FORM_KEY)
     if request.method == "GET":
-        return _render_emergency_form({k: request.args.get(k, "") for k in keys} | {"hours": "24"})
-    form = {k: (request.form.get(k) or "").strip() for k in keys}
-    holder = services.find_staff(form["staff_no"])
-    errors: dict[str, str] = {}
-    if holder is not None and holder.dept_id is not None:
-        scope = services.data_scope(current_user, "privileges.manage")
-        if not scope.allows(user_id=holder.id, dept_id=holder.dept_id, campus_id=holder.campus_id):
-            errors["staff_no"] = "该医师不在您的管理范围内"
+        # the query string may prefill fields (?staff_no=…&item_code=…), as before
+        return _render_emergency_form(start_forms.initial(form, start_forms.coerce(form, request.args)))
     try:
-        if errors:
-            raise ValidationFailed(errors)
-        emergency_grant = services.create_emergency_grant(
-            holder=holder, item=services.find_item(form["item_code"]), hours=form["hours"], reason=form["reason"],
-            patient_ref=form["patient_ref"], actor=current_user)
+        emergency_grant = services.grant_emergency(data=request.form, actor=current_user)
     except ValidationFailed as exc:
         db.session.rollback()
-        return _render_emergency_form(form, _errors(exc) | errors, status=400)
+        return _render_emergency_form(start_forms.coerce(form, request.form), _errors(exc), status=400)
     db.session.commit()
     flash(f"紧急授权 {emergency_grant.number} 已生效并同步 HIS，事后审核任务已发给医务处", "success")
     return redirect(url_for("privilege_admin.emergency"))
@@ -237,6 +231,35 @@ def export_stats():
     result = services.privilege_statistics(viewer=current_user, year=year, month=month)
     return send_file(BytesIO(services.statistics_workbook(result)), as_attachment=True,
                      download_name=f"医疗权限授权统计_{year}-{month:02d}.xlsx", mimetype=XLSX)
+
+
+def _stats_drill() -> services.StatDrill:
+    year, month, error = _month_arg()
+    if error:
+        raise ValidationFailed({"month": error})
+    return services.statistics_drill(viewer=current_user, year=year, month=month,
+                                     dimension=request.args.get("dimension", ""), key=request.args.get("key", ""))
+
+
+@bp.get("/stats/grants")
+@require("privileges.manage")
+def stats_grants():
+    """The grants behind one statistics cell (drill-down)."""
+    drill = _stats_drill()
+    return render_template("privileges/admin/stats_grants.html", drill=drill, page=paginate(drill.query),
+                           today=services.today(), display_status=services.display_status,
+                           status_labels=GRANT_STATUS_LABELS)
+
+
+@bp.get("/stats/grants/export.xlsx")
+@require("privileges.manage")
+def export_stats_grants():
+    drill = _stats_drill()
+    today = services.today()
+    rows = db.session.scalars(drill.query.limit(50000)).unique()
+    return send_file(BytesIO(services.grants_workbook(rows, on=today)), as_attachment=True,
+                     download_name=f"医疗权限授权统计明细_{drill.month_label}_{drill.dimension_title}.xlsx",
+                     mimetype=XLSX)
 
 
 # ---------------------------------------------------------------- engine hooks of privilege_emergency_review

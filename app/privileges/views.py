@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 from io import BytesIO
+from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, request, send_file, session, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
 from app.auth.access import require
+from app.auth.services import has_permission
 from app.core.paging import paginate
 from app.db import db
 from app.errors import ValidationFailed
+from app.forms import start as start_forms
 from app.privileges import dept_catalogue, eligibility, services
-from app.privileges.models import GRANT_STATUS_LABELS, PrivilegeItem
+from app.privileges.models import GRANT_STATUS_LABELS, PrivilegeApplication, PrivilegeItem
 
 bp = Blueprint("privileges", __name__, url_prefix="/privileges")
 
@@ -48,27 +51,35 @@ def _unique_ids(values: list[str]) -> list[str]:
     return seen
 
 
+def _apply_fields(data: dict[str, Any] | None, errors: dict[str, str]):
+    """The `privilege_apply` template's fields except the item selection (the catalogue table draws it); the
+    office-only override reason only for privileges.manage."""
+    form = start_forms.start_form(PrivilegeApplication.FORM_KEY)
+    hidden = ["item_ids"] if has_permission(current_user, "privileges.manage") else ["item_ids", "override_reason"]
+    return form, start_forms.render(start_forms.without(form, hidden), data, errors)
+
+
 def _render_apply(*, errors: list[dict[str, str]] | None = None, submitted: list[str] | None = None,
-                  reason: str = "", override_reason: str = "", status: int = 200):
+                  data: dict[str, Any] | None = None, status: int = 200):
     cart = _cart_ids()
     cart_items = {i.id: i for i in db.session.scalars(select(PrivilegeItem).where(PrivilegeItem.id.in_(cart)))}
     item_errors: dict[str, str] = {}
     field_errors: dict[str, str] = {}
     for err in errors or []:
         path = err["path"]
-        if path.startswith("item_ids/") and submitted is not None:
-            idx = int(path.split("/", 1)[1])
-            item_errors[submitted[idx] if idx < len(submitted) else path] = err["message"]
-        else:
-            field_errors[path] = err["message"]
+        head, _, index = path.partition("/")
+        if head == "item_ids" and index.isdigit() and submitted is not None and int(index) < len(submitted):
+            item_errors[submitted[int(index)]] = err["message"]
+        field_errors[path] = err["message"]
     own_only = request.args.get("mine") == "1"
     page = _catalogue_page(dept_id=current_user.dept_id if own_only else None)
     shown = list({i.id: i for i in [*page.items, *cart_items.values()]}.values())
     names = eligibility.cert_type_names()
+    form, fields = _apply_fields(data, field_errors)
     return render_template(
         "privileges/apply.html", page=page, categories=services.categories(),
         grade_options=GRADE_OPTIONS, cart=[cart_items[i] for i in cart if i in cart_items],
-        item_errors=item_errors, field_errors=field_errors, reason=reason, override_reason=override_reason,
+        item_errors=item_errors, errors=field_errors, form=form, fields=fields,
         checked=set(submitted or []), own_only=own_only,
         verdicts=eligibility.check_items(current_user, shown, on=services.today()),
         rule_texts={i.id: eligibility.requirements(i, cert_names=names) for i in shown},
@@ -104,15 +115,16 @@ def cart():
 @bp.post("/apply")
 @require("privileges.apply")
 def submit():
+    # the form template's fields as posted, with the ticked and cart items once each
     item_ids = _unique_ids(request.form.getlist("item_ids"))
-    reason = request.form.get("reason") or ""
-    override_reason = request.form.get("override_reason") or ""
+    data = request.form.copy()
+    data.setlist("item_ids", item_ids)
     try:
-        application = services.apply(applicant=current_user, item_ids=item_ids, reason=reason,
-                                     override_reason=override_reason, actor=current_user)
+        application = services.apply(applicant=current_user, data=data, actor=current_user)
     except ValidationFailed as exc:  # nothing was written: validation runs before any insert
-        return _render_apply(errors=exc.errors, submitted=item_ids, reason=reason, override_reason=override_reason,
-                             status=400)
+        db.session.rollback()
+        form = start_forms.start_form(PrivilegeApplication.FORM_KEY)
+        return _render_apply(errors=exc.errors, submitted=item_ids, data=start_forms.coerce(form, data), status=400)
     db.session.commit()
     session.pop(CART_KEY, None)
     flash(f"申请已提交（编号 {application.number}），可在“我的权限申请”中查看审批进度", "success")

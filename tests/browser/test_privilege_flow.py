@@ -31,7 +31,7 @@ def test_grant_flow_through_four_roles(new_page, live_server):
     doctor.goto(base + "/privileges/apply?q=" + ITEM)
     doctor.check(f"tr:has-text('{ITEM}') input[name=item_ids]")
     assert "✓ 主治医师及以上" in doctor.inner_text(f"tr:has-text('{ITEM}')")
-    doctor.fill("#reason", "已完成胰腺外科进修 6 个月，作为一助完成相关手术 30 例")
+    doctor.fill("#f-reason", "已完成胰腺外科进修 6 个月，作为一助完成相关手术 30 例")
     shot(doctor, "grant-1-apply")
     doctor.click("#apply-form button.primary")
     doctor.wait_for_load_state()

@@ -240,7 +240,7 @@ def test_emergency_form_errors_are_400_and_change_nothing(client, login, db_sess
                        data={"csrf_token": token, "staff_no": "NOPE", "item_code": "SP-ABX-3", "hours": "73",
                              "reason": ""})
     html = resp.get_data(as_text=True)
-    assert resp.status_code == 400 and "医师不存在" in html and "1–72 小时" in html and "请填写紧急授权理由" in html
+    assert resp.status_code == 400 and "医师不存在" in html and "1–72 小时" in html and "“紧急授权理由”为必填项" in html
     assert _count(db_session, EmergencyGrant) == before
 
 
@@ -387,6 +387,6 @@ def test_statistics_count_by_category_department_title_and_grade(client, login, 
     resp = client.get("/privileges/manage/stats/export.xlsx", query_string={"month": "2031-03"})
     assert resp.status_code == 200
     wb = load_workbook(BytesIO(resp.data))
-    assert wb.sheetnames == ["按授权类别", "按科室", "按职称", "按手术级别"]
+    assert wb.sheetnames == ["按授权类别", "按工作量类别", "按科室", "按职称", "按手术级别", "按授权项目"]
     sheet = wb["按手术级别"]
     assert [c.value for c in sheet[3]][:6] == ["二级手术", 2, 0, "—", 0, "—"]

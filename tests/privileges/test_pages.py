@@ -10,11 +10,19 @@ from sqlalchemy import func, select
 from app.privileges.models import PrivilegeApplication
 
 
-def test_nurse_is_refused_every_privilege_page(client, login):
-    login("nurse")
+def test_pharmacist_is_refused_every_privilege_page(client, login):
+    login("pharm")
     for url in ("/privileges/grants", "/privileges/grants/export.xlsx", "/privileges/apply",
                 "/privileges/applications", "/privileges/catalogue"):
         assert client.get(url).status_code == 403, url
+
+
+def test_nurse_applies_but_does_not_browse_the_departments_grants(client, login):
+    login("nurse")  # 护理操作 (seed 000 §三.5): privileges.apply only
+    for url in ("/privileges/grants", "/privileges/grants/export.xlsx"):
+        assert client.get(url).status_code == 403, url
+    for url in ("/privileges/apply", "/privileges/applications", "/privileges/catalogue"):
+        assert client.get(url).status_code == 200, url
 
 
 def test_apply_page_browses_the_catalogue(client, login):
@@ -39,7 +47,7 @@ def test_bad_submission_shows_the_errors_and_creates_nothing(client, login, db_s
     resp = client.post("/privileges/apply", data={"csrf_token": token, "item_ids": ["99999999"], "reason": ""})
     assert resp.status_code == 400
     html = resp.get_data(as_text=True)
-    assert "请填写申请理由" in html and "授权项目不存在" in html
+    assert "“申请理由”为必填项" in html and "授权项目不存在" in html
     assert db_session.scalar(select(func.count()).select_from(PrivilegeApplication)) == before
 
 
