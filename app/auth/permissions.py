@@ -56,6 +56,9 @@ ROLES["mao"][1].extend(["technology.view", "technology.manage", "technology.day_
 ROLES["dept_head"][1].extend(["technology.view", "technology.day_surgery"])
 ROLES["physician"][1].extend(["technology.apply", "technology.view"])
 ROLES["nurse"][1].extend(["technology.day_surgery"])
+# 护理操作授权 (seed 000 §三.5, §三.7): a nurse applies for and follows her own nursing privileges; privileges.view
+# is left out on purpose, as the role's department scope would show the whole department's grants
+ROLES["nurse"][1].extend(["privileges.apply"])
 ROLES["quality"][1].extend(["technology.view"])
 
 # 医疗流程闭环 (seed 003 §二.2, 安全性): who sees patient identity in loop views, who handles alerts

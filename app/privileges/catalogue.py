@@ -1,4 +1,5 @@
-"""The privilege catalogue: the nine categories of seed 000 §三.1 and their items (idempotent seeding).
+"""The privilege catalogue: the nine categories of seed 000 §三.1, 护理操作 (§三.5), and their items (idempotent
+seeding); and the workload kinds of §三.8 the statistics count items under (WORKLOAD_KINDS, a data mapping).
 
 Procedure items come from 手术操作分类代码国家临床版2.0 (ICD-9-CM-3); surgery grades are NOT published
 per code, so the grades here are demo values (see app/privileges/data/build.py) and say so in `note`.
@@ -48,6 +49,10 @@ CATEGORIES: list[CategorySeed] = [
     CategorySeed("restricted_tech", "限制类医疗技术授权", 2, "国家限制类技术目录（2022年版）所列技术"),
     CategorySeed("emergency", "紧急授权", 0, "紧急情况下超出已有权限的临时授权，限时有效，事后补充审核",
                  validity_days=7),
+    # seed 000 §三.5 names 护理操作 among the main kinds of business privilege applied for online; it is not one of
+    # the nine physician categories of §三.1, so it follows them as a category of its own (check API code `nursing`)
+    CategorySeed("nursing", "护理操作授权", 2,
+                 "护士执业范围内须经培训考核授权的护理技术操作（静脉治疗、血液净化、人工气道、专科护理等）"),
 ]
 
 
@@ -117,6 +122,41 @@ FIXED_ITEMS += [
     ItemSeed("emergency", "EM-ABX", "紧急情况下越级使用抗菌药物",
              requirements="因抢救生命垂危患者等紧急情况越级使用，处方量不得超过 1 日用量，并于 24 小时内补办审核手续",
              source=ABX),
+]
+# 护理操作 (seed 000 §三.5): operations a nurse performs only once authorised; the list and the titles asked for
+# (app.privileges.eligibility.ITEM_DEFAULTS) are demo values to be replaced by the hospital's nursing catalogue
+NURSING_NOTE = "护理操作项目为演示数据，按本院护理技术操作授权目录调整"
+IV = "《静脉治疗护理技术操作标准》（WS/T 433—2023）"
+FIXED_ITEMS += [
+    ItemSeed("nursing", "NUR-BASIC", "基础护理技术操作",
+             requirements="取得护士执业证书并在本院注册；静脉输液、各类注射、吸氧、吸痰、导尿、鼻饲等，经科室考核合格",
+             note=NURSING_NOTE, source="《护士条例》"),
+    ItemSeed("nursing", "NUR-FIRSTAID", "急救技术（心肺复苏、电除颤、简易呼吸器）",
+             requirements="经心肺复苏与急救技能培训考核合格，每年复训", note=NURSING_NOTE),
+    ItemSeed("nursing", "NUR-TRANSFUSION", "静脉输血护理操作",
+             requirements="经临床输血知识与输血核对、不良反应处置培训考核合格",
+             note=NURSING_NOTE, source="《临床输血技术规范》"),
+    ItemSeed("nursing", "NUR-ABG", "动脉穿刺采血", requirements="护师及以上，经动脉穿刺技术培训并在带教下完成规定例数",
+             note=NURSING_NOTE),
+    ItemSeed("nursing", "NUR-CHEMO", "抗肿瘤药物（化疗药物）静脉给药",
+             requirements="护师及以上，经抗肿瘤药物安全给药、职业防护与外渗处置培训考核合格", note=NURSING_NOTE, source=IV),
+    ItemSeed("nursing", "NUR-CVAD", "中心静脉通路装置维护（PICC、CVC、输液港）",
+             requirements="护师及以上，经中心静脉通路装置维护培训考核合格", note=NURSING_NOTE, source=IV),
+    ItemSeed("nursing", "NUR-PICC", "经外周静脉置入中心静脉导管（PICC）置管",
+             requirements="主管护师及以上，取得 PICC 专科护士培训合格证书，在带教下完成规定例数", note=NURSING_NOTE,
+             source=IV),
+    ItemSeed("nursing", "NUR-AIRWAY", "人工气道护理（气管插管、气管切开吸痰与气囊管理）",
+             requirements="护师及以上，经人工气道管理与机械通气护理培训考核合格", note=NURSING_NOTE),
+    ItemSeed("nursing", "NUR-HD", "血液透析护理操作",
+             requirements="护师及以上，经血液净化专科护士培训考核合格", note=NURSING_NOTE,
+             source="《血液净化标准操作规程（2021 版）》"),
+    ItemSeed("nursing", "NUR-CRRT", "连续性肾脏替代治疗（CRRT）护理操作",
+             requirements="护师及以上，经重症或血液净化专科护士培训考核合格", note=NURSING_NOTE,
+             source="《血液净化标准操作规程（2021 版）》"),
+    ItemSeed("nursing", "NUR-ECMO", "体外膜肺氧合（ECMO）护理",
+             requirements="主管护师及以上，经 ECMO 护理专项培训考核合格", note=NURSING_NOTE),
+    ItemSeed("nursing", "NUR-WOUND", "伤口、造口与失禁专科护理",
+             requirements="主管护师及以上，取得伤口造口失禁专科护士培训合格证书", note=NURSING_NOTE),
 ]
 
 
@@ -195,8 +235,76 @@ SURGERY_REQUIREMENTS = {
 }
 
 
+# ---------------------------------------------------------------- workload kinds (统计分析, seed 000 §三.8)
+
+
+@dataclass(frozen=True)
+class WorkloadKind:
+    code: str
+    name: str
+    in_seed: bool  # named in seed 000 §三.8's list of 各类授权工作量
+
+
+# §三.8 counts 授权工作量 by these kinds. The kinds it names come first; the others complete the catalogue so that
+# every grant falls in exactly one kind (各级手术/职称/科室 are the statistics' own dimensions, not kinds)
+WORKLOAD_KINDS: tuple[WorkloadKind, ...] = (
+    WorkloadKind("surgery", "手术准入", True),
+    WorkloadKind("basic_care", "基础诊疗权限", True),
+    WorkloadKind("consultation", "会诊权限", True),
+    WorkloadKind("anesthesia", "麻醉准入", True),
+    WorkloadKind("aux_diagnosis", "辅助诊断", True),
+    WorkloadKind("rx_general", "处方（一般药物）", True),
+    WorkloadKind("rx_special", "处方（特殊药物）", True),
+    WorkloadKind("special_exam", "特殊检查", True),
+    WorkloadKind("poct", "POCT", True),
+    WorkloadKind("special_other", "特殊项目（其他）", False),
+    WorkloadKind("invasive", "有创操作与治疗", False),
+    WorkloadKind("endoscopy", "内镜操作", False),
+    WorkloadKind("nursing", "护理操作", False),
+    WorkloadKind("new_tech", "新技术新项目", False),
+    WorkloadKind("restricted_tech", "限制类医疗技术", False),
+    WorkloadKind("emergency", "紧急授权", False),
+    WorkloadKind("other", "其他", False),
+)
+WORKLOAD_KIND_NAMES = {k.code: k.name for k in WORKLOAD_KINDS}
+WORKLOAD_KIND_ORDER = {k.code: i for i, k in enumerate(WORKLOAD_KINDS)}
+# item code -> kind, first match wins: an entry ending in "-" matches every code it begins (SP-ABX-1 … SP-ABX-3)
+ITEM_WORKLOAD_KINDS: tuple[tuple[str, str], ...] = (
+    ("BASIC-DIAG", "basic_care"),
+    ("BASIC-CONSULT", "consultation"),
+    ("BASIC-AUXDIAG", "aux_diagnosis"),
+    ("BASIC-RX", "rx_general"),
+    ("SP-ABX-", "rx_special"),
+    ("SP-ONC-", "rx_special"),
+    ("SP-NARC", "rx_special"),  # 麻醉药品和第一类精神药品
+    ("SP-EXAM", "special_exam"),
+    ("SP-POCT", "poct"),
+)
+# the kind of an item no entry above names (an item the office added later): its category's
+CATEGORY_WORKLOAD_KINDS: dict[str, str] = {
+    "basic": "basic_care",
+    "special": "special_other",
+    "invasive": "invasive",
+    "surgery": "surgery",
+    "anesthesia": "anesthesia",
+    "endoscopy": "endoscopy",
+    "new_tech": "new_tech",
+    "restricted_tech": "restricted_tech",
+    "emergency": "emergency",
+    "nursing": "nursing",
+}
+
+
+def workload_kind(item_code: str, category_code: str) -> str:
+    """The §三.8 workload kind (a WORKLOAD_KINDS code) a catalogue item counts under."""
+    for pattern, kind in ITEM_WORKLOAD_KINDS:
+        if item_code == pattern or (pattern.endswith("-") and item_code.startswith(pattern)):
+            return kind
+    return CATEGORY_WORKLOAD_KINDS.get(category_code, "other")
+
+
 def seed_catalogue() -> int:
-    """Create or refresh the nine categories and the shipped items (idempotent). Returns the item count."""
+    """Create or refresh the categories and the shipped items (idempotent). Returns the item count."""
     shared = shared_data_dir()
     categories = {c.code: c for c in db.session.scalars(select(PrivilegeCategory))}
     for order, seed in enumerate(CATEGORIES, start=1):

@@ -49,6 +49,7 @@ from app.core.paging import paginate
 from app.core.timefmt import SHANGHAI
 from app.db import db
 from app.errors import Forbidden, InvalidTransition, NotFound, ValidationFailed
+from app.privileges import eligibility
 from app.privileges.catalogue import DATA_DIR, GRADE_NAMES, shared_data_dir
 from app.privileges.data import build
 from app.privileges.models import Grant, GrantStatus, PrivilegeCategory, PrivilegeItem
@@ -76,13 +77,19 @@ ICD_TITLE = "《手术操作分类代码国家临床版2.0》"
 ITEM_FIELDS = ("category", "code", "name", "grade", "procedure_code", "requirements", "note", "source")
 FIELD_LABELS = {"category": "类别编码", "code": "项目编码", "name": "项目名称", "grade": "级别",
                 "procedure_code": "手术操作编码", "requirements": "准入要求", "note": "备注", "source": "依据",
-                "reason": "变更原因", "validity_years": "默认有效期（年）", "is_active": "启用", "file": "导入文件"}
+                "reason": "变更原因", "validity_years": "默认有效期（年）", "is_active": "启用", "file": "导入文件",
+                "min_title": "最低职称", "cert_mode": "必备证件设置", "cert_types": "必备证件",
+                "requires_assessment": "定期考核", "rules_note": "规则说明", "default_min_title": "默认最低职称",
+                "default_cert_types": "默认必备证件", "default_requires_assessment": "默认须定期考核合格"}
 # what an audit snapshot of an item compares (and what an edit may change)
 ITEM_ATTRS = ("category_id", "code", "name", "grade", "grade_level", "procedure_code", "procedure_category",
               "chapter", "requirements", "note", "source", "is_active")
 ATTR_LABELS = {"category_id": "类别", "code": "项目编码", "name": "项目名称", "grade": "级别",
                "grade_level": "级别序号", "procedure_code": "手术操作编码", "procedure_category": "编码类别",
-               "chapter": "章节", "requirements": "准入要求", "note": "备注", "source": "依据", "is_active": "状态"}
+               "chapter": "章节", "requirements": "准入要求", "note": "备注", "source": "依据", "is_active": "状态",
+               # eligibility rules (app.privileges.eligibility), audited as privilege.item_rules_saved
+               "min_title": "最低职称", "cert_types": "必备证件", "requires_assessment": "须定期考核合格",
+               "rules_note": "规则说明", "rules": "资格规则"}
 
 AUDIT_LABELS = {
     "privilege.catalogue_item_created": "新增权限目录项目",
@@ -132,6 +139,84 @@ def is_project_item(item: PrivilegeItem) -> bool:
     """A 新技术新项目 item kept in step with its project by app/technology."""
     return (item.category is not None and item.category.code == NEW_TECH_CATEGORY
             and (item.source or "").startswith(NEW_TECH_SOURCE_PREFIX))
+
+
+# ---------------------------------------------------------------- eligibility rules on the forms and sheets
+# An item's rules (minimum title, certificate types, 定期考核) are kept by eligibility.save_item_rules; None is
+# "the category's default". The form sends them with rules_form=1; a sheet with the rule columns, in its cells.
+
+RULE_KEYS = ("min_title", "cert_mode", "cert_types", "requires_assessment", "rules_note")
+RULE_ATTRS = ("min_title", "cert_types", "requires_assessment")
+CERT_MODES = {"inherit": "沿用类别默认", "custom": "按本项目设置"}
+ASSESSMENT_CHOICES = {"": "沿用类别默认", "1": "须近 3 年定期考核合格", "0": "不要求"}
+YES, NO, NONE_CERT = ("是", "须", "要求", "1", "true", "True", "on"), ("否", "不要求", "0", "false", "False"), "无"
+CERT_SPLIT = re.compile(r"[、,，;；/\s]+")
+
+
+def _flag(value: Any, *, path: str, label: str, errors: dict[str, str]) -> bool | None:
+    """A tri-state flag from a form or cell: blank = None (the default), 是/否 and the like."""
+    if isinstance(value, bool) or value is None:
+        return value
+    text = _text(value)
+    if not text:
+        return None
+    if text in YES:
+        return True
+    if text in NO:
+        return False
+    errors[path] = f"{label}应为“是”“否”或留空（沿用类别默认），不能为“{text}”"
+    return None
+
+
+def _cert_list(value: Any) -> list[str]:
+    if isinstance(value, list | tuple):
+        return [_text(v) for v in value if _text(v)]
+    return [v for v in CERT_SPLIT.split(_text(value)) if v]
+
+
+def _clean_rules(raw: Mapping[str, Any], *, force: bool = False) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The item rules a form or API call sends (None when it sends none), and the errors by field (Chinese)."""
+    if not force and not any(k in raw for k in RULE_KEYS):
+        return None, {}
+    errors: dict[str, str] = {}
+    mode = _text(raw.get("cert_mode")) or ("custom" if raw.get("cert_types") else "inherit")
+    if mode not in CERT_MODES:
+        errors["cert_mode"] = "必备证件请选择“沿用类别默认”或“按本项目设置”"
+    certs = _cert_list(raw.get("cert_types")) if mode == "custom" else None
+    title, codes, rule_errors = eligibility.clean_rules(min_title=_text(raw.get("min_title")), cert_types=certs)
+    errors.update(rule_errors)
+    assessment = _flag(raw.get("requires_assessment"), path="requires_assessment", label="定期考核", errors=errors)
+    note = _text(raw.get("rules_note")) or None
+    if note and len(note) > eligibility.RULES_NOTE_MAX:
+        errors["rules_note"] = f"规则说明不能超过 {eligibility.RULES_NOTE_MAX} 字"
+    return {"min_title": title, "cert_types": codes, "requires_assessment": assessment, "rules_note": note}, errors
+
+
+def _rule_changes(item: PrivilegeItem | None, rules: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Rule attribute -> (before, after) where the rules differ from the item's (a blank note changes nothing)."""
+    out = {a: (getattr(item, a) if item is not None else None, rules[a]) for a in RULE_ATTRS}
+    changed = {a: v for a, v in out.items() if v[0] != v[1]}
+    if rules.get("rules_note") and (item is None or rules["rules_note"] != item.rules_note):
+        changed["rules_note"] = (item.rules_note if item is not None else None, rules["rules_note"])
+    return changed
+
+
+def _save_rules(item: PrivilegeItem, rules: Mapping[str, Any], actor: User) -> None:
+    eligibility.save_item_rules(item=item, actor=actor, min_title=rules["min_title"], cert_types=rules["cert_types"],
+                                requires_assessment=rules["requires_assessment"],
+                                rules_note=rules.get("rules_note") or item.rules_note)
+
+
+def rule_text(attr: str, value: Any, cert_names: Mapping[str, str] | None = None) -> str:
+    """A rule value as the sheet and the change lists show it (blank = the category default)."""
+    if value is None:
+        return ""
+    if attr == "cert_types":
+        names = cert_names if cert_names is not None else eligibility.cert_type_names()
+        return "、".join(names.get(str(c), str(c)) for c in value) if value else NONE_CERT
+    if attr == "requires_assessment":
+        return "是" if value else "否"
+    return str(value)
 
 
 # ---------------------------------------------------------------- the national procedure code table
@@ -326,6 +411,8 @@ def create_item(*, data: Mapping[str, Any], actor: User) -> PrivilegeItem:
     """Add a catalogue item (active). Audited. Raises Forbidden, ValidationFailed (nothing written)."""
     ensure_catalogue_scope(actor)
     values, errors = _clean_item(data, catalogue=Catalogue(), current=None)
+    rules, rule_errors = _clean_rules(data)
+    errors.update(rule_errors)
     if errors:
         raise ValidationFailed(errors)
     item = PrivilegeItem(is_active=True, sort_order=_next_sort_order(values["category_id"]))
@@ -333,23 +420,33 @@ def create_item(*, data: Mapping[str, Any], actor: User) -> PrivilegeItem:
     db.session.add(item)
     db.session.flush()
     audit.record(actor, "privilege.catalogue_item_created", item, after=_snapshot(item))
+    if rules is not None:
+        _save_rules(item, rules, actor)
     return item
 
 
 def update_item(*, item: PrivilegeItem, data: Mapping[str, Any], actor: User) -> dict[str, tuple[Any, Any]]:
-    """Change an item's fields; returns what changed (attribute -> (before, after)), audited when anything did.
-    Raises Forbidden, InvalidTransition (a 新技术新项目 item), ValidationFailed (nothing written)."""
+    """Change an item's fields and, when sent, its eligibility rules (eligibility.save_item_rules); returns what
+    changed (attribute -> (before, after); `rules` for the rules), audited when anything did. A 新技术新项目 item
+    keeps its fields (they follow the project) but its rules may change. Raises Forbidden, InvalidTransition (a
+    field of a 新技术新项目 item), ValidationFailed (nothing written)."""
     ensure_catalogue_scope(actor)
-    _ensure_editable(item)
     values, errors = _clean_item(data, catalogue=Catalogue(), current=item)
+    rules, rule_errors = _clean_rules(data)
+    changes = _changes(item, values) if not errors else {}
+    if changes or (errors and rules is None):
+        _ensure_editable(item)
+    errors.update(rule_errors)
     if errors:
         raise ValidationFailed(errors)
-    changes = _changes(item, values)
     if changes:
         before = _snapshot(item)
         _apply_values(item, values)
         db.session.flush()
         audit.record(actor, "privilege.catalogue_item_updated", item, before=before, after=_snapshot(item))
+    if rules is not None and (rule_changes := _rule_changes(item, rules)):
+        _save_rules(item, rules, actor)
+        changes["rules"] = ({a: v[0] for a, v in rule_changes.items()}, {a: v[1] for a, v in rule_changes.items()})
     return changes
 
 
@@ -430,8 +527,10 @@ def item_history(item: PrivilegeItem) -> list[AuditLog]:
 
 
 def update_category(*, category: PrivilegeCategory, data: Mapping[str, Any], actor: User) -> dict[str, Any]:
-    """Set a category's default validity (years) and active flag; a change of the flag needs a reason. New grants
-    take the new validity, existing ones keep theirs; a retired category's items all answer 该授权项目已停用.
+    """Set a category's default validity (years), active flag and, when sent, the eligibility defaults of its items
+    (default_min_title, default_cert_types, default_requires_assessment: what an item without its own rule
+    asks); a change of the flag needs a reason. New grants take the new validity, existing ones keep theirs; a
+    retired category's items all answer 该授权项目已停用; new applications are checked against the new defaults.
     Returns what changed; audited. Raises Forbidden, ValidationFailed (nothing written)."""
     ensure_catalogue_scope(actor)
     errors: dict[str, str] = {}
@@ -452,16 +551,32 @@ def update_category(*, category: PrivilegeCategory, data: Mapping[str, Any], act
         errors["reason"] = f"变更原因不能超过 {REASON_MAX} 字"
     elif active != category.is_active and not reason:
         errors["reason"] = "启用或停用类别须填写原因"
+    wanted: list[tuple[str, Any]] = [("validity_years", years), ("is_active", active)]
+    if any(k in data for k in CATEGORY_RULE_KEYS):
+        # an empty certificate list is stored as [] ("none required"), never None: None means "never set" to the
+        # demo loader (eligibility.seed_rules), which would put its defaults back
+        title, codes, rule_errors = eligibility.clean_rules(
+            min_title=_text(data.get("default_min_title")), cert_types=_cert_list(data.get("default_cert_types")),
+            title_field="default_min_title", cert_field="default_cert_types")
+        errors.update(rule_errors)
+        assessment = _flag(data.get("default_requires_assessment"), path="default_requires_assessment",
+                           label="默认须定期考核合格", errors=errors)
+        wanted += [("default_min_title", title), ("default_cert_types", codes or []),
+                   ("default_requires_assessment", bool(assessment))]
     if errors:
         raise ValidationFailed(errors)
-    changes = {k: v for k, v in (("validity_years", years), ("is_active", active)) if getattr(category, k) != v}
+    changes = {k: v for k, v in wanted if getattr(category, k) != v}
     if changes:
         before = audit.snapshot(category)
-        category.validity_years, category.is_active = years, active
+        for attr, value in changes.items():
+            setattr(category, attr, value)
         db.session.flush()
         audit.record(actor, "privilege.catalogue_category_updated", category, before=before,
                      after=audit.snapshot(category), reason=reason or None)
     return changes
+
+
+CATEGORY_RULE_KEYS = ("default_min_title", "default_cert_types", "default_requires_assessment")
 
 
 def get_category(category_id: int) -> PrivilegeCategory:
@@ -508,8 +623,11 @@ def items_query(filters: ItemFilter) -> Select:
 
 
 IMPORT_COLUMNS = [("category", "类别编码"), ("code", "项目编码"), ("name", "项目名称"), ("grade", "级别"),
-                  ("procedure_code", "手术操作编码"), ("requirements", "准入要求")]
-EXPORT_EXTRA = ["类别名称", "状态", "生效中授权", "编码类别", "章节", "备注", "依据"]
+                  ("procedure_code", "手术操作编码"), ("requirements", "准入要求"),
+                  # optional eligibility rules: blank = the category default; 必备证件 by name or code, 无 = none
+                  ("min_title", "最低职称"), ("cert_types", "必备证件"), ("requires_assessment", "定期考核")]
+SHEET_RULE_COLUMNS = ("min_title", "cert_types", "requires_assessment")
+EXPORT_EXTRA = ["类别名称", "状态", "生效中授权", "编码类别", "章节", "备注", "依据", "规则说明"]
 
 
 def catalogue_workbook(items: Iterable[PrivilegeItem]) -> bytes:
@@ -519,18 +637,20 @@ def catalogue_workbook(items: Iterable[PrivilegeItem]) -> bytes:
 
     items = list(items)
     counts = active_grant_counts([i.id for i in items])
+    names = eligibility.cert_type_names()
     wb = Workbook()
     ws = wb.active
     ws.title = "医疗权限目录"
     ws.append([label for _k, label in IMPORT_COLUMNS] + EXPORT_EXTRA)
     for i in items:
         ws.append([i.category.code, i.code, i.name, i.grade or "", i.procedure_code or "", i.requirements or "",
+                   *(rule_text(a, getattr(i, a), names) for a in SHEET_RULE_COLUMNS),
                    i.category.name, "启用" if i.is_active else "已停用", counts.get(i.id, 0),
-                   i.procedure_category or "", i.chapter or "", i.note or "", i.source or ""])
+                   i.procedure_category or "", i.chapter or "", i.note or "", i.source or "", i.rules_note or ""])
     for row in ws.iter_rows(min_row=2, max_col=5):
         for cell in row:
             cell.number_format = "@"  # codes stay text when the file is edited and imported back
-    for idx, width in enumerate([14, 20, 40, 12, 16, 50, 26, 8, 10, 12, 18, 40, 30], start=1):
+    for idx, width in enumerate([14, 20, 40, 12, 16, 50, 12, 20, 8, 26, 8, 10, 12, 18, 40, 30, 40], start=1):
         ws.column_dimensions[get_column_letter(idx)].width = width
     ws.freeze_panes = "A2"
     buf = BytesIO()
@@ -547,6 +667,9 @@ HEADER_ALIASES = {alias: key for key, names in {
     "grade": ("级别", "grade"),
     "procedure_code": ("手术操作编码", "手术编码", "ICD-9-CM-3", "procedure_code"),
     "requirements": ("准入要求", "授权条件", "requirements"),
+    "min_title": ("最低职称", "min_title"),
+    "cert_types": ("必备证件", "必备证件类型", "cert_types"),
+    "requires_assessment": ("定期考核", "须定期考核合格", "requires_assessment"),
 }.items() for alias in names}
 REQUIRED_COLUMNS = ("category", "code", "name")
 ROW_ACTION_LABELS = {"add": "新增", "update": "更新", "reactivate": "更新并重新启用", "unchanged": "无变化",
@@ -571,6 +694,8 @@ class ImportRow:
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     locked: str | None = None  # why this row may not change the catalogue (a 新技术新项目 item)
+    rules: dict[str, Any] | None = None  # the eligibility rules, when the sheet has a rule column
+    rule_changes: dict[str, tuple[str, str]] = field(default_factory=dict)  # attribute -> (before, after) as text
 
     @property
     def action_label(self) -> str:
@@ -587,6 +712,8 @@ class ImportRow:
                 continue
             parts.append(f"{ATTR_LABELS[attr]}：{old if old not in (None, '') else '（空）'} → "
                          f"{new if new not in (None, '') else '（空）'}")
+        for attr, (old_text, new_text) in self.rule_changes.items():
+            parts.append(f"{ATTR_LABELS[attr]}：{old_text or '（类别默认）'} → {new_text or '（类别默认）'}")
         return "；".join(parts)
 
 
@@ -678,6 +805,39 @@ def read_sheet(content: bytes) -> tuple[list[SheetRow], dict[str, str]]:
     return rows, titles
 
 
+def _cert_lookup() -> dict[str, str]:
+    """Certificate type name or code -> code (a sheet names them either way)."""
+    names = eligibility.cert_type_names()
+    return {name: code for code, name in names.items()} | {code: code for code in names}
+
+
+def _sheet_rules(raw: Mapping[str, str], titles: Mapping[str, str], current: PrivilegeItem | None,
+                 lookup: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The rules of a row of a sheet with rule columns (a column the sheet lacks keeps the item's value)."""
+    errors: dict[str, str] = {}
+    title = raw.get("min_title", "") if "min_title" in titles else (current.min_title if current else None)
+    certs: list[str] | None = current.cert_types if current is not None else None
+    if "cert_types" in titles:
+        text = raw.get("cert_types", "")
+        listed: list[str] = []
+        if text and text != NONE_CERT:
+            for token in filter(None, CERT_SPLIT.split(text)):
+                if token in lookup:
+                    listed.append(lookup[token])
+                else:
+                    errors["cert_types"] = (f"必备证件“{token}”不是已有的证件类型（填证件名称或编码，多个用顿号分隔；"
+                                            f"不要求证件填“{NONE_CERT}”，留空沿用类别默认）")
+        certs = listed if text else None
+    assessment = current.requires_assessment if current is not None else None
+    if "requires_assessment" in titles:
+        assessment = _flag(raw.get("requires_assessment"), path="requires_assessment", label="定期考核",
+                           errors=errors)
+    min_title, codes, rule_errors = eligibility.clean_rules(min_title=title, cert_types=certs)
+    for path, message in rule_errors.items():
+        errors.setdefault(path.split("/")[0], message)
+    return {"min_title": min_title, "cert_types": codes, "requires_assessment": assessment, "rules_note": None}, errors
+
+
 def plan_import(*, content: bytes, actor: User) -> ImportPlan:
     """What importing the sheet would do, row by row, with every row's errors (row number and column, Chinese).
     Writes nothing. Raises Forbidden, ValidationFailed (the file as a whole is unusable)."""
@@ -685,6 +845,9 @@ def plan_import(*, content: bytes, actor: User) -> ImportPlan:
     sheet, titles = read_sheet(content)
     catalogue = Catalogue()
     procedures = procedure_table()
+    with_rules = any(k in titles for k in SHEET_RULE_COLUMNS)
+    lookup = _cert_lookup() if with_rules else {}
+    cert_names = eligibility.cert_type_names() if with_rules else {}
     rows: list[ImportRow] = []
     seen: dict[str, int] = {}
     listed: set[str] = set()
@@ -702,6 +865,12 @@ def plan_import(*, content: bytes, actor: User) -> ImportPlan:
                     raw[f] = getattr(current, f) or ""
             raw["note"], raw["source"] = current.note or "", current.source or ""
         values, errors = _clean_item(raw, catalogue=catalogue, current=current, check_procedure_owner=False)
+        if with_rules:
+            row.rules, rule_errors = _sheet_rules(raw, titles, current, lookup)
+            errors.update(rule_errors)
+            if not rule_errors:
+                row.rule_changes = {a: (rule_text(a, old, cert_names), rule_text(a, new, cert_names))
+                                    for a, (old, new) in _rule_changes(current, row.rules).items()}
         row.code, row.item, row.clean = values["code"] or raw.get("code", ""), current, values
         category = values["category"]
         if current is not None and category is not None and current.category_id != category.id:
@@ -755,9 +924,9 @@ def plan_import(*, content: bytes, actor: User) -> ImportPlan:
                 row.changes["is_active"] = (False, True)
                 row.action = "reactivate"
             else:
-                row.action = "update" if row.changes else "unchanged"
+                row.action = "update" if row.changes or row.rule_changes else "unchanged"
         if row.locked and row.action != "unchanged":  # an unchanged row (a re-imported export) is fine
-            row.action, row.changes = "error", {}
+            row.action, row.changes, row.rule_changes = "error", {}, {}
             row.errors = {"category": f"第 {row.line} 行“{titles.get('category', FIELD_LABELS['category'])}”列："
                                       f"{row.locked}"}
 
@@ -793,17 +962,23 @@ def apply_import(*, content: bytes, retire_missing: bool, reason: str, actor: Us
             db.session.flush()
             audit.record(actor, "privilege.catalogue_item_created", item, after=_snapshot(item),
                          extra={**via, "line": row.line})
+            if row.rules is not None:
+                _save_rules(item, row.rules, actor)
             row.item = item
             report.added.append(item)
         elif row.action in ("update", "reactivate") and row.item is not None:
             item = row.item
-            before = _snapshot(item)
-            _apply_values(item, row.clean)
-            item.is_active = True
-            db.session.flush()
-            action = ("privilege.catalogue_item_reactivated" if row.action == "reactivate"
-                      else "privilege.catalogue_item_updated")
-            audit.record(actor, action, item, before=before, after=_snapshot(item), extra={**via, "line": row.line})
+            if row.changes:  # fields (or the active flag); a row may change the rules only
+                before = _snapshot(item)
+                _apply_values(item, row.clean)
+                item.is_active = True
+                db.session.flush()
+                action = ("privilege.catalogue_item_reactivated" if row.action == "reactivate"
+                          else "privilege.catalogue_item_updated")
+                audit.record(actor, action, item, before=before, after=_snapshot(item),
+                             extra={**via, "line": row.line})
+            if row.rules is not None and row.rule_changes:
+                _save_rules(item, row.rules, actor)
             report.updated.append(item)
     if retire_missing:
         for item in plan.missing:
@@ -878,19 +1053,45 @@ def _render_item_form(*, item: PrivilegeItem | None, form: Mapping[str, Any], er
                     or c.code != NEW_TECH_CATEGORY],
         grade_choices=_grade_choices(), all_grades=[*GRADE_NAMES.values(), *SPECIAL_GRADES], graded=GRADED_CATEGORIES, procedure_categories=PROCEDURE_CATEGORIES,
         active_grants=active_grant_counts([item.id]).get(item.id, 0) if item is not None else 0,
-        history=item_history(item) if item is not None else [], action_labels=AUDIT_LABELS,
+        history=item_history(item) if item is not None else [],
+        action_labels={**AUDIT_LABELS, **eligibility.AUDIT_LABELS},
         attr_labels=ATTR_LABELS, locked=item is not None and is_project_item(item), icd_title=ICD_TITLE,
+        **_rule_choices(item),
     ), status
 
 
-def _form_values() -> dict[str, str]:
-    return {f: (request.form.get(f) or "").strip() for f in ITEM_FIELDS}
+def _rule_choices(item: PrivilegeItem | None) -> dict[str, Any]:
+    """What the eligibility-rule fields offer: the title ladders, the certificate types, the category defaults."""
+    from app.archives.models import CertificateType
+
+    names = eligibility.cert_type_names()
+    types = db.session.scalars(select(CertificateType).order_by(CertificateType.sort_order, CertificateType.id)).all()
+    return {"title_series": eligibility.TITLE_SERIES, "all_titles": eligibility.all_titles(), "cert_types": types,
+            "cert_modes": CERT_MODES, "assessment_choices": ASSESSMENT_CHOICES,
+            "category_rules": {c.code: eligibility.category_requirements(c, cert_names=names)
+                               for c in db.session.scalars(select(PrivilegeCategory))},
+            "item_requirements": eligibility.requirements(item) if item is not None else None}
 
 
-def _item_form_data(item: PrivilegeItem) -> dict[str, str]:
+def _form_values() -> dict[str, Any]:
+    values: dict[str, Any] = {f: (request.form.get(f) or "").strip() for f in ITEM_FIELDS}
+    if request.form.get("rules_form"):
+        values.update({k: (request.form.get(k) or "").strip() for k in RULE_KEYS if k != "cert_types"})
+        values["cert_types"] = [c for c in request.form.getlist("cert_types") if c.strip()]
+    return values
+
+
+def _item_form_data(item: PrivilegeItem) -> dict[str, Any]:
     return {"category": item.category.code, "code": item.code, "name": item.name, "grade": item.grade or "",
             "procedure_code": item.procedure_code or "", "requirements": item.requirements or "",
-            "note": item.note or "", "source": item.source or ""}
+            "note": item.note or "", "source": item.source or "", **_item_rule_data(item)}
+
+
+def _item_rule_data(item: PrivilegeItem) -> dict[str, Any]:
+    return {"min_title": item.min_title or "", "cert_mode": "inherit" if item.cert_types is None else "custom",
+            "cert_types": list(item.cert_types or []),
+            "requires_assessment": {None: "", True: "1", False: "0"}[item.requires_assessment],
+            "rules_note": item.rules_note or ""}
 
 
 @bp.route("/items/new", methods=["GET", "POST"])
@@ -918,6 +1119,8 @@ def edit_item(item_id: int):
     if request.method == "GET":
         return _render_item_form(item=item, form=_item_form_data(item))
     form = _form_values()
+    if is_project_item(item):  # its fields follow the project (shown disabled, so not posted): only rules change
+        form = {**_item_form_data(item), **{k: v for k, v in form.items() if k in RULE_KEYS}}
     try:
         changes = update_item(item=item, data=form, actor=current_user)
     except ValidationFailed as exc:
@@ -978,8 +1181,10 @@ def item_status(item_id: int, action: str):
 @require("privileges.manage")
 def categories():
     cats = db.session.scalars(select(PrivilegeCategory).order_by(PrivilegeCategory.sort_order)).all()
+    names = eligibility.cert_type_names()
     return render_template("privileges/catalogue_admin/categories.html", categories=cats,
-                           item_counts=category_item_counts())
+                           item_counts=category_item_counts(),
+                           category_rules={c.code: eligibility.category_requirements(c, cert_names=names) for c in cats})
 
 
 def _render_category(category: PrivilegeCategory, form: Mapping[str, Any], errors: dict[str, str] | None = None,
@@ -992,7 +1197,7 @@ def _render_category(category: PrivilegeCategory, form: Mapping[str, Any], error
         .order_by(AuditLog.id.desc())))
     return render_template("privileges/catalogue_admin/category_form.html", category=category, form=form,
                            errors=errors or {}, active_grants=held, history=history, action_labels=AUDIT_LABELS,
-                           years_max=VALIDITY_YEARS_MAX), status
+                           years_max=VALIDITY_YEARS_MAX, **_rule_choices(None)), status
 
 
 @bp.route("/categories/<int:category_id>", methods=["GET", "POST"])
@@ -1001,9 +1206,16 @@ def edit_category(category_id: int):
     category = get_category(category_id)
     if request.method == "GET":
         return _render_category(category, {"validity_years": str(category.validity_years),
-                                           "is_active": category.is_active, "reason": ""})
-    form = {"validity_years": (request.form.get("validity_years") or "").strip(),
-            "is_active": request.form.get("is_active") == "1", "reason": request.form.get("reason", "")}
+                                           "is_active": category.is_active, "reason": "",
+                                           "default_min_title": category.default_min_title or "",
+                                           "default_cert_types": list(category.default_cert_types or []),
+                                           "default_requires_assessment": category.default_requires_assessment})
+    form: dict[str, Any] = {"validity_years": (request.form.get("validity_years") or "").strip(),
+                            "is_active": request.form.get("is_active") == "1", "reason": request.form.get("reason", "")}
+    if request.form.get("rules_form"):
+        form |= {"default_min_title": (request.form.get("default_min_title") or "").strip(),
+                 "default_cert_types": [c for c in request.form.getlist("default_cert_types") if c.strip()],
+                 "default_requires_assessment": request.form.get("default_requires_assessment") == "1"}
     try:
         changes = update_category(category=category, data={**form, "is_active": "1" if form["is_active"] else ""},
                                   actor=current_user)

@@ -5,7 +5,8 @@ Invariants:
   removing sets is_active False and keeps the row (who and when), adding again reactivates it with the new adder;
 - a department with at least one active row may only apply for, and be batch-granted, items of its catalogue;
   an empty catalogue restricts nothing, so departments without one keep working as before. 新技术新项目授权
-  items (limited to the project team instead) and 紧急授权 items (their own flow) are outside the restriction;
+  items (limited to the project team instead), 紧急授权 items (their own flow) and 护理操作授权 items (nursing
+  management, hospital-wide) are outside the restriction;
 - the department head maintains the own department, 医务处 every department (permission
   `privileges.dept_catalogue` and its data scope); every change is audited; services flush, the caller commits.
 """
@@ -26,7 +27,9 @@ from app.errors import Forbidden, NotFound, ValidationFailed
 from app.privileges.models import DeptCatalogueItem, PrivilegeCategory, PrivilegeItem
 
 PERMISSION = "privileges.dept_catalogue"
-EXEMPT_CATEGORIES = ("new_tech", "emergency")
+# 护理操作 (seed 000 §三.5) is authorised per nurse under the hospital's nursing management, not by the department's
+# list of the medical technologies it performs (§三.9(1))
+EXEMPT_CATEGORIES = ("new_tech", "emergency", "nursing")
 ADD_MAX = 200
 
 AUDIT_LABELS = {
@@ -74,7 +77,7 @@ def dept_item_ids(dept_id: int | None) -> set[int] | None:
 
 
 def restricts(item: PrivilegeItem) -> bool:
-    """Whether the department catalogue limits this item (not for new-tech and emergency items)."""
+    """Whether the department catalogue limits this item (not for new-tech, emergency and nursing items)."""
     return item.category.code not in EXEMPT_CATEGORIES
 
 

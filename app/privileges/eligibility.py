@@ -3,8 +3,10 @@
 Rules of an item (its own value, else its category's default):
 - min_title: the lowest professional title. Titles compare by rank within one series, the series and order of the
   archive's 职称评聘 form (forms/archive_title_appointment.json): 住院医师 < 主治医师 < 副主任医师 < 主任医师, and
-  likewise 护师/药师/技师. A title of another series, or none, does not meet a physician title;
-- cert_types: certificate type codes of the archives (证件类型, e.g. practice = 执业证): the physician's archive must
+  likewise 护士 < 护师 < 主管护师 < 副主任护师 < 主任护师 and the 药师/技师 ladders. A title of another series, or
+  none, does not meet the rule (a physician does not meet a nursing title, nor a nurse a physician title);
+- cert_types: certificate type codes of the archives (证件类型, e.g. practice = 执业证, nurse_practice = 护士执业证书
+  for the 护理操作 items of seed 000 §三.5): the physician's or nurse's archive must
   hold a certificate of each type, not deleted and not expired on the day;
 - requires_assessment: 定期考核 passed within one cycle. The latest effective record of the archive section
   `periodic_assessment` must say 合格 and be dated within 3 years (《医师定期考核管理办法》: a 3-year cycle; a
@@ -310,23 +312,45 @@ def requirements(item: PrivilegeItem, *, cert_names: dict[str, str] | None = Non
     return out
 
 
+def category_requirements(category: PrivilegeCategory, *, cert_names: dict[str, str] | None = None) -> list[str]:
+    """What an item of the category asks when it has no rule of its own (the category defaults), for display."""
+    names = cert_names if cert_names is not None else cert_type_names()
+    out = [title_requirement(category.default_min_title)] if category.default_min_title else []
+    out += [f"有效的{names.get(str(c), str(c))}" for c in category.default_cert_types or []]
+    if category.default_requires_assessment:
+        out.append(f"近 {ASSESSMENT_CYCLE_YEARS} 年定期考核合格")
+    return out
+
+
 # ---------------------------------------------------------------- the office changes an item's rules
 
 
-def save_item_rules(*, item: PrivilegeItem, actor: User, min_title: str | None, cert_types: Sequence[str] | None,
-                    requires_assessment: bool | None, rules_note: str | None) -> PrivilegeItem:
-    """Set an item's eligibility rules (None = the category default). Audited. Raises ValidationFailed."""
+TITLE_HINT = "；".join(f"{series}：{'、'.join(ladder)}" for series, ladder in TITLE_SERIES.items())
+OFFICE_NOTE = "医务处已核定"
+
+
+def clean_rules(*, min_title: str | None, cert_types: Sequence[str] | None, title_field: str = "min_title",
+                cert_field: str = "cert_types") -> tuple[str | None, list[str] | None, dict[str, str]]:
+    """A minimum title and certificate type codes checked (blank title = None; duplicate codes dropped) and the
+    errors by field path (Chinese; one per unknown certificate code, `cert_types/0` …)."""
     errors: dict[str, str] = {}
-    min_title = (min_title or "").strip() or None
-    if min_title and title_rank(min_title) is None:
-        errors["min_title"] = "最低职称应为职称评聘中的职称（如 住院医师、主治医师、副主任医师、主任医师）"
+    title = (min_title or "").strip() or None
+    if title and title_rank(title) is None:
+        errors[title_field] = f"最低职称应为职称评聘中的职称（{TITLE_HINT}），不能为“{title}”"
     codes: list[str] | None = None
     if cert_types is not None:
         codes = list(dict.fromkeys(c.strip() for c in cert_types if c and c.strip()))
         known = cert_type_names()
         for idx, code in enumerate(codes):
             if code not in known:
-                errors[f"cert_types/{idx}"] = f"证件类型“{code}”不存在"
+                errors[f"{cert_field}/{idx}"] = f"证件类型“{code}”不存在"
+    return title, codes, errors
+
+
+def save_item_rules(*, item: PrivilegeItem, actor: User, min_title: str | None, cert_types: Sequence[str] | None,
+                    requires_assessment: bool | None, rules_note: str | None) -> PrivilegeItem:
+    """Set an item's eligibility rules (None = the category default). Audited. Raises ValidationFailed."""
+    min_title, codes, errors = clean_rules(min_title=min_title, cert_types=cert_types)
     note = (rules_note or "").strip() or None
     if note and len(note) > RULES_NOTE_MAX:
         errors["rules_note"] = f"规则说明不超过 {RULES_NOTE_MAX} 字"
@@ -334,8 +358,11 @@ def save_item_rules(*, item: PrivilegeItem, actor: User, min_title: str | None, 
         raise ValidationFailed(errors)
     before = {"min_title": item.min_title, "cert_types": item.cert_types,
               "requires_assessment": item.requires_assessment, "rules_note": item.rules_note}
+    changed = (min_title, codes, requires_assessment) != (item.min_title, item.cert_types, item.requires_assessment)
+    if changed and note is not None and note == item.rules_note and note.startswith(DEMO_NOTE):
+        note = None  # the office changed a demo rule: it is no longer the shipped default
     item.min_title, item.cert_types, item.requires_assessment = min_title, codes, requires_assessment
-    item.rules_note = note or "医务处已核定"
+    item.rules_note = note or OFFICE_NOTE
     db.session.flush()
     audit.record(actor, "privilege.item_rules_saved", item, before=before,
                  after={"min_title": item.min_title, "cert_types": item.cert_types,
@@ -358,10 +385,13 @@ CATEGORY_DEFAULTS: dict[str, tuple[str | None, list[str], bool]] = {
     "new_tech": (None, PRACTICE, False),
     "restricted_tech": ("主治医师", PRACTICE, True),
     "emergency": (None, [], False),  # an emergency is by definition outside the usual rules; reviewed afterwards
+    # 护理操作 (seed 000 §三.5): a registered nurse (《护士条例》: 护士执业证书 in force); 定期考核 is the physicians'
+    "nursing": ("护士", ["nurse_practice"], False),
 }
 ABX_RULE = "《抗菌药物临床应用管理办法》第二十四条"
 ONC_RULE = "《抗肿瘤药物临床应用管理办法（试行）》"
 SURGERY_RULE = "《医疗机构手术分级管理办法》（由医院按职称与能力确定，此为常用口径）"
+NURSING_RULE = "本院护理技术操作授权管理（按护理职称与专科培训确定，此为常用口径）"
 # item code -> (min title, requires assessment, basis)
 ITEM_DEFAULTS: dict[str, tuple[str | None, bool, str]] = {
     "BASIC-DIAG": ("住院医师", False, "本院注册执业医师"),
@@ -375,6 +405,19 @@ ITEM_DEFAULTS: dict[str, tuple[str | None, bool, str]] = {
     "SP-ONC-2": ("副主任医师", True, f"{ONC_RULE}：高级职称"),
     "SP-NARC": ("住院医师", False, "《麻醉药品和精神药品管理条例》：执业医师"),
     "SP-EXAM": ("主治医师", False, "本院特殊检查管理"),
+    # nursing titles (护士 < 护师 < 主管护师 < 副主任护师 < 主任护师): the usual hospital rule, for the office to confirm
+    "NUR-BASIC": ("护士", False, NURSING_RULE),
+    "NUR-FIRSTAID": ("护士", False, NURSING_RULE),
+    "NUR-TRANSFUSION": ("护士", False, NURSING_RULE),
+    "NUR-ABG": ("护师", False, NURSING_RULE),
+    "NUR-CHEMO": ("护师", False, NURSING_RULE),
+    "NUR-CVAD": ("护师", False, NURSING_RULE),
+    "NUR-PICC": ("主管护师", False, NURSING_RULE),
+    "NUR-AIRWAY": ("护师", False, NURSING_RULE),
+    "NUR-HD": ("护师", False, NURSING_RULE),
+    "NUR-CRRT": ("护师", False, NURSING_RULE),
+    "NUR-ECMO": ("主管护师", False, NURSING_RULE),
+    "NUR-WOUND": ("主管护师", False, NURSING_RULE),
 }
 GRADED_DEFAULTS: dict[str, dict[int, str]] = {  # category -> grade -> min title (grade 4 also needs 定期考核)
     "surgery": {1: "住院医师", 2: "住院医师", 3: "主治医师", 4: "副主任医师"},

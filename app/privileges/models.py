@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.auth.models import Campus, Department, User
 from app.db import Model, TimestampMixin, utcnow
+from app.forms.models import StartFormMixin
 
 
 class ApplicationStatus(StrEnum):
@@ -46,7 +47,7 @@ GRANT_STATUS_LABELS = {"active": "生效中", "suspended": "已暂停", "revoked
 
 class PrivilegeCategory(TimestampMixin, Model):
     __tablename__ = "privilege_categories"
-    __table_args__ = {"comment": "医疗权限授权类别（九大类）"}
+    __table_args__ = {"comment": "医疗权限授权类别（九大类及护理操作）"}
     id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
     code: Mapped[str] = mapped_column(String(32), unique=True, comment="类别编码")
     name: Mapped[str] = mapped_column(String(64), comment="类别名称")
@@ -101,12 +102,14 @@ class PrivilegeItem(TimestampMixin, Model):
     category: Mapped[PrivilegeCategory] = relationship(back_populates="items", lazy="joined")
 
 
-class PrivilegeApplication(TimestampMixin, Model):
+class PrivilegeApplication(StartFormMixin, TimestampMixin, Model):
     __tablename__ = "privilege_applications"
     __table_args__ = (
         Index("ix_privilege_applications_applicant_status", "applicant_id", "status"),
         {"comment": "医疗权限申请"},
     )
+    FORM_KEY = "privilege_apply"
+    FORM_COLUMNS = ("item_ids", "reason", "override_reason")
     id: Mapped[int] = mapped_column(primary_key=True, comment="主键（申请编号）")
     applicant_id: Mapped[int] = mapped_column(ForeignKey("users.id"), comment="申请人")
     dept_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"), index=True, comment="申请时所在科室")
@@ -201,11 +204,13 @@ class EmergencyReviewStatus(StrEnum):
 EMERGENCY_REVIEW_LABELS = {"pending": "待事后审核", "kept": "审核维持至到期", "revoked": "审核撤销"}
 
 
-class EmergencyGrant(TimestampMixin, Model):
+class EmergencyGrant(StartFormMixin, TimestampMixin, Model):
     """紧急授权 (seed 000 §三.1): a grant effective at once, to the hour, reviewed afterwards by 医务处."""
 
     __tablename__ = "privilege_emergency_grants"
     __table_args__ = {"comment": "紧急授权（限时、事后审核）"}
+    FORM_KEY = "privilege_emergency"
+    FORM_COLUMNS = ("staff_no", "item_code", "hours", "reason", "patient_ref")
     id: Mapped[int] = mapped_column(primary_key=True, comment="主键")
     grant_id: Mapped[int] = mapped_column(ForeignKey("privilege_grants.id"), unique=True, comment="对应的授权记录")
     starts_at: Mapped[datetime] = mapped_column(comment="生效时间")

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from io import BytesIO
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Select, and_, func, or_, select
 
@@ -28,6 +28,7 @@ from app.auth.services import data_scope, has_permission
 from app.core.timefmt import SHANGHAI
 from app.db import db, utcnow
 from app.errors import InvalidTransition, NotFound, ValidationFailed
+from app.forms import start as start_forms
 from app.notify import services as notify
 from app.privileges import dept_catalogue, eligibility
 from app.privileges.eligibility import Eligibility
@@ -134,26 +135,35 @@ def _open_applications(user_id: int, item_ids: Sequence[int]) -> dict[int, Privi
     return {item_id: application for item_id, application in rows}
 
 
-def create_application(*, applicant: User, item_ids: Sequence[int | str], reason: str,
-                       override_reason: str | None = None, actor: User | None = None) -> PrivilegeApplication:
-    """Create a draft application (audited). Each item must fit the applicant (app.privileges.eligibility: title,
-    certificates, 定期考核, new-tech team, department catalogue); 医务处 (`actor` with privileges.manage over the
-    applicant) may let unfit items through with `override_reason`, audited item by item. Raises ValidationFailed
-    with per-field Chinese messages; nothing is written then."""
+def _application_data(item_ids: Sequence[int | str] | None, reason: str | None,
+                      override_reason: str | None) -> dict[str, Any]:
+    """The `privilege_apply` form data of a call that names the items and texts (tests, other domains)."""
+    return {"item_ids": list(item_ids or []), "reason": reason, "override_reason": override_reason}
+
+
+def create_application(*, applicant: User, item_ids: Sequence[int | str] | None = None, reason: str | None = None,
+                       override_reason: str | None = None, actor: User | None = None,
+                       data: Any = None) -> PrivilegeApplication:
+    """Create a draft application (audited) from the latest `privilege_apply` form template: `data` (a dict or
+    form-encoded data, with any fields the office added), or item_ids + reason (+ override_reason). Each item must
+    fit the applicant (app.privileges.eligibility: title, certificates, 定期考核, new-tech team, department
+    catalogue); 医务处 (`actor` with privileges.manage over the applicant) may let unfit items through with
+    `override_reason`, audited item by item. The template version and the extra fields are kept on the
+    application. Raises ValidationFailed with every problem by field path (Chinese); nothing is written then."""
+    if data is None:
+        data = _application_data(item_ids, reason, override_reason)
+    form = start_forms.start_form(PrivilegeApplication.FORM_KEY)
+    values, template_errors = start_forms.check(form, data)
     errors: dict[str, str] = {}
     if applicant.departed_at is not None or not applicant.is_active:
         errors["applicant"] = "离职或已停用人员不能申请医疗权限"
-    reason = (reason or "").strip()
-    if not reason:
-        errors["reason"] = "请填写申请理由"
-    elif len(reason) > REASON_MAX:
-        errors["reason"] = f"申请理由不能超过 {REASON_MAX} 字"
-    ids: list[int | None] = []
-    for idx, raw in enumerate(item_ids or []):
-        try:
-            ids.append(int(raw))
-        except (TypeError, ValueError):
-            ids.append(None)
+    chosen = values.get("item_ids")
+    chosen = chosen if isinstance(chosen, list) else []
+    # positions are kept so each problem lands on its own item_ids/<n>
+    ids: list[int | None] = [v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+                             for v in chosen]
+    for idx, item_id in enumerate(ids):
+        if item_id is None:
             errors[f"item_ids/{idx}"] = "授权项目编号无效"
     if not ids:
         errors["item_ids"] = "请至少选择一个授权项目"
@@ -184,25 +194,33 @@ def create_application(*, applicant: User, item_ids: Sequence[int | str], reason
         else:
             to_check[path] = item
         seen.add(item_id)
-    override = _override_reason(override_reason, actor=actor, holder=applicant, errors=errors)
+    override_text = values.get("override_reason")
+    override = _override_reason(override_text if isinstance(override_text, str) else None, actor=actor,
+                                holder=applicant, errors=errors)
     unfit: dict[str, Eligibility] = {}
     if to_check:
         verdicts = eligibility.check_items(applicant, list(to_check.values()), on=on)
         unfit = {path: verdicts[item.id] for path, item in to_check.items() if not verdicts[item.id].ok}
     if override is None:
         errors.update({path: verdict.message for path, verdict in unfit.items()})
-    if errors:
-        raise ValidationFailed(errors)
+    problems = start_forms.merge_errors(template_errors, errors)
+    if problems:
+        raise ValidationFailed(problems)
+    text = str(values["reason"])
+    extra = start_forms.extra(form, values, PrivilegeApplication.FORM_COLUMNS)
     application = PrivilegeApplication(applicant_id=applicant.id, dept_id=applicant.dept_id,
-                                       campus_id=applicant.campus_id, reason=reason,
-                                       status=ApplicationStatus.DRAFT)
+                                       campus_id=applicant.campus_id, reason=text,
+                                       status=ApplicationStatus.DRAFT, form_version=form.version, form_data=extra)
     application.items = [PrivilegeApplicationItem(item_id=i) for i in wanted]
     if unfit and override is not None and actor is not None:
         application.override_reason, application.override_by_id = override, actor.id
     db.session.add(application)
     db.session.flush()
-    audit.record(applicant, "privilege.application_created", application,
-                 after={"items": [items[i].code for i in wanted], "reason": reason})
+    created: dict[str, Any] = {"items": [items[i].code for i in wanted], "reason": text,
+                               "form_version": form.version}
+    if extra:
+        created["form_data"] = extra
+    audit.record(applicant, "privilege.application_created", application, after=created)
     if unfit and override is not None:
         audit.record(actor, "privilege.eligibility_overridden", application,
                      after={"reason": override, "applicant_id": applicant.id,
@@ -290,11 +308,12 @@ def submit_application(*, application: PrivilegeApplication, actor: User,
     return application
 
 
-def apply(*, applicant: User, item_ids: Sequence[int | str], reason: str, override_reason: str | None = None,
-          actor: User | None = None) -> PrivilegeApplication:
-    """Create and submit in one step (the 申请权限 page). Raises ValidationFailed."""
+def apply(*, applicant: User, item_ids: Sequence[int | str] | None = None, reason: str | None = None,
+          override_reason: str | None = None, actor: User | None = None, data: Any = None) -> PrivilegeApplication:
+    """Create and submit in one step (the 申请权限 page; `data` as for create_application). Raises
+    ValidationFailed."""
     application = create_application(applicant=applicant, item_ids=item_ids, reason=reason,
-                                     override_reason=override_reason, actor=actor)
+                                     override_reason=override_reason, actor=actor, data=data)
     return submit_application(application=application, actor=applicant)
 
 
@@ -801,38 +820,67 @@ def find_item(code: str) -> PrivilegeItem | None:
                              .order_by((PrivilegeItem.code == key).desc(), PrivilegeItem.id).limit(1))
 
 
-def create_emergency_grant(*, holder: User | None, item: PrivilegeItem | None, hours: Any, reason: str,
+def grant_emergency(*, data: Any, actor: User, now: datetime | None = None) -> Any:
+    """紧急授权 from the latest `privilege_emergency` form template (a dict or form-encoded data: staff_no, item_code,
+    hours, reason, patient_ref and any fields the office added), for a physician in the actor's privileges.manage
+    scope; see create_emergency_grant. Raises ValidationFailed with every problem; nothing is written then."""
+    from app.privileges.models import EmergencyGrant
+
+    form = start_forms.start_form(EmergencyGrant.FORM_KEY)
+    values, template_errors = start_forms.check(form, data)
+    staff_no, code = values.get("staff_no"), values.get("item_code")
+    holder = find_staff(staff_no) if isinstance(staff_no, str) else None
+    item = find_item(code) if isinstance(code, str) else None
+    return _grant_emergency(form=form, values=values, template_errors=template_errors, holder=holder, item=item,
+                            item_named=isinstance(code, str), actor=actor, now=now)
+
+
+def create_emergency_grant(*, holder: User | None, item: PrivilegeItem | None, hours: Any, reason: str | None,
                            actor: User, patient_ref: str | None = None, now: datetime | None = None) -> Any:
     """紧急授权: a grant of `item` effective at once for at most PRIVILEGE_EMERGENCY_MAX_HOURS hours, pushed to HIS,
-    with the retrospective review flow `privilege_emergency_review` started for 医务处 (audited).
-    Raises ValidationFailed with per-field messages."""
+    with the retrospective review flow `privilege_emergency_review` started for 医务处 (audited). The values are
+    checked against the `privilege_emergency` template like the page's. Raises ValidationFailed with per-field
+    messages."""
+    from app.privileges.models import EmergencyGrant
+
+    form = start_forms.start_form(EmergencyGrant.FORM_KEY)
+    data = {"staff_no": (holder.staff_no or holder.username) if holder is not None else None,
+            "item_code": item.code if item is not None else None, "hours": hours, "reason": reason,
+            "patient_ref": patient_ref}
+    values, template_errors = start_forms.check(form, data)
+    # no physician or item object at all: the business check names it ("医师不存在"), not the template
+    for name, obj in (("staff_no", holder), ("item_code", item)):
+        if obj is None:
+            template_errors.pop(name, None)
+    return _grant_emergency(form=form, values=values, template_errors=template_errors, holder=holder, item=item,
+                            item_named=True, actor=actor, now=now)
+
+
+def _grant_emergency(*, form: Any, values: dict[str, Any], template_errors: dict[str, str], holder: User | None,
+                     item: PrivilegeItem | None, item_named: bool, actor: User, now: datetime | None) -> Any:
+    """The business checks of an emergency grant (physician in scope and active, item in use, hours within the
+    configured maximum, no grant in force or suspended) on top of the template's, then the grant itself."""
     from app.privileges.models import EmergencyGrant
 
     max_hours = emergency_max_hours()
     errors: dict[str, str] = dict(_holder_errors(holder, "staff_no"))
+    if holder is not None and holder.dept_id is not None and not errors and not data_scope(
+            actor, "privileges.manage").allows(user_id=holder.id, dept_id=holder.dept_id, campus_id=holder.campus_id):
+        errors["staff_no"] = "该医师不在您的管理范围内"
     if item is None:
-        errors["item_code"] = "授权项目不存在"
+        if item_named:
+            errors["item_code"] = "授权项目不存在"
     elif not item.is_active or not item.category.is_active:
         errors["item_code"] = "该授权项目已停用"
-    try:
-        n_hours = int(str(hours).strip())
-    except (TypeError, ValueError):
-        n_hours = 0
-        errors["hours"] = "请填写授权时长（小时，整数）"
-    else:
-        if not 1 <= n_hours <= max_hours:
-            errors["hours"] = f"紧急授权时长为 1–{max_hours} 小时"
-    text = (reason or "").strip()
-    if not text:
-        errors["reason"] = "请填写紧急授权理由"
-    elif len(text) > REASON_MAX:
-        errors["reason"] = f"理由不能超过 {REASON_MAX} 字"
-    patient_ref = (patient_ref or "").strip() or None
-    if patient_ref and len(patient_ref) > 64:
-        errors["patient_ref"] = "患者编号不超过 64 个字符"
+    hours = values.get("hours")
+    n_hours = hours if isinstance(hours, int) and not isinstance(hours, bool) else 0
+    if "hours" not in template_errors and not 1 <= n_hours <= max_hours:
+        errors["hours"] = f"紧急授权时长为 1–{max_hours} 小时"
+    text = str(values.get("reason") or "")
+    patient_ref = values.get("patient_ref") if isinstance(values.get("patient_ref"), str) else None
     now = now or utcnow()
     on = _shanghai_date(now)
-    if not errors and holder is not None and item is not None:
+    if not errors and not template_errors and holder is not None and item is not None:
         current = list(db.session.scalars(select(Grant).where(
             Grant.user_id == holder.id, Grant.item_id == item.id,
             Grant.status.in_([GrantStatus.ACTIVE.value, GrantStatus.SUSPENDED.value]))))
@@ -845,6 +893,7 @@ def create_emergency_grant(*, holder: User | None, item: PrivilegeItem | None, h
                     errors["item_code"] = f"该医师已持有此项授权（有效期至 {g.valid_until or '长期'}），无需紧急授权"
                 elif emergency.expires_at > now:
                     errors["item_code"] = f"该医师此项紧急授权仍有效（至 {emergency.expires_at.astimezone(SHANGHAI):%Y-%m-%d %H:%M}）"
+    errors = start_forms.merge_errors(template_errors, errors)
     if errors:
         raise ValidationFailed(errors)
     assert holder is not None and item is not None
@@ -855,8 +904,10 @@ def create_emergency_grant(*, holder: User | None, item: PrivilegeItem | None, h
     grant.user = holder
     db.session.add(grant)
     db.session.flush()
+    extra = start_forms.extra(form, values, EmergencyGrant.FORM_COLUMNS)
     emergency = EmergencyGrant(grant_id=grant.id, starts_at=now, expires_at=expires_at, hours=n_hours, reason=text,
-                               patient_ref=patient_ref, granted_by_id=actor.id)
+                               patient_ref=patient_ref, granted_by_id=actor.id, form_version=form.version,
+                               form_data=extra)
     emergency.grant = grant
     db.session.add(emergency)
     db.session.flush()
@@ -865,7 +916,8 @@ def create_emergency_grant(*, holder: User | None, item: PrivilegeItem | None, h
                         "valid_until": grant.valid_until, "emergency": emergency.number})
     audit.record(actor, "privilege.emergency_granted", emergency,
                  after={"grant_id": grant.id, "hours": n_hours, "expires_at": expires_at, "reason": text,
-                        "patient_ref": patient_ref})
+                        "patient_ref": patient_ref, "form_version": form.version,
+                        **({"form_data": extra} if extra else {})})
     push_grant_change(grant=grant, reason=f"紧急授权：{text}")
     from app.workflow import services as wf
 
@@ -1285,7 +1337,12 @@ def expire_and_remind(*, on: date | None = None, now: datetime | None = None) ->
 # ---------------------------------------------------------------- 统计分析 (seed 000 §三.8)
 
 
-STAT_DIMENSIONS = (("category", "授权类别"), ("dept", "科室"), ("title", "职称"), ("surgery_grade", "手术级别"))
+STAT_DIMENSIONS = (("category", "授权类别"), ("kind", "工作量类别"), ("dept", "科室"), ("title", "职称"),
+                   ("surgery_grade", "手术级别"), ("item", "授权项目"))
+STAT_NONE_KEY = "-"  # the key of 无科室 / 未填职称 rows
+STAT_NO_DEPT, STAT_NO_TITLE = "（无科室）", "（未填职称）"
+SURGERY_GRADE_LABELS = {1: "一级手术", 2: "二级手术", 3: "三级手术", 4: "四级手术"}
+EMERGENCY_CATEGORY = "emergency"
 
 
 @dataclass
@@ -1293,6 +1350,7 @@ class StatRow:
     label: str
     grants: tuple[int, int, int]  # this month, previous month, same month last year
     applications: tuple[int, int, int]
+    key: str = ""  # the dimension value, for the drill-down to the grants (statistics_drill)
 
     @staticmethod
     def _rate(cur: int, base: int) -> float | None:
@@ -1339,32 +1397,88 @@ def _shift_month(year: int, month: int, delta: int) -> tuple[int, int]:
     return idx // 12, idx % 12 + 1
 
 
-def privilege_statistics(*, viewer: User, year: int, month: int) -> PrivilegeStatistics:
-    """Grants made and applications submitted in a month (Asia/Shanghai), by category, department, title and surgery
-    grade, with the previous month (环比) and the same month a year earlier (同比); within the viewer's
-    privileges.view scope. Emergency grants count under 紧急授权 whatever their item. Raises ValidationFailed."""
-    from app.privileges.models import EmergencyGrant
-
+def _check_month(year: int, month: int) -> None:
     if not (2000 <= year <= 2100 and 1 <= month <= 12):
         raise ValidationFailed({"month": "统计月份无效"})
+
+
+def _emergency_category() -> tuple[str, int]:
+    row = db.session.execute(select(PrivilegeCategory.name, PrivilegeCategory.sort_order)
+                             .where(PrivilegeCategory.code == EMERGENCY_CATEGORY)).first()
+    return (str(row[0]), int(row[1])) if row else ("紧急授权", 999)
+
+
+@dataclass(frozen=True)
+class _StatSource:
+    """What one grant (or one item of an application) is counted by."""
+
+    category: tuple[str, str, int]  # code, name, sort order
+    item: tuple[int, str, str, int]  # id, code, name, sort order
+    grade: int | None
+    dept: tuple[int | None, str | None, str | None]  # id, name, code
+    title: str | None
+    emergency: bool  # an emergency grant (counted under 紧急授权 whatever its item)
+
+
+def _stat_values(src: _StatSource, emergency: tuple[str, int]) -> list[tuple[str, str, str, tuple[Any, ...]]]:
+    """(dimension, key, label, sort key) of every dimension value the source counts under."""
+    from app.privileges import catalogue
+
+    cat_code, cat_name, cat_sort = src.category
+    item_id, item_code, item_name, item_sort = src.item
+    dept_id, dept_name, dept_code = src.dept
+    if src.emergency or cat_code == EMERGENCY_CATEGORY:
+        category = (EMERGENCY_CATEGORY, emergency[0], (emergency[1],))
+        kind = "emergency"
+    else:
+        category = (cat_code, cat_name, (cat_sort,))
+        kind = catalogue.workload_kind(item_code, cat_code)
+    values: list[tuple[str, str, str, tuple[Any, ...]]] = [
+        ("category", *category),
+        ("kind", kind, catalogue.WORKLOAD_KIND_NAMES.get(kind, kind), (catalogue.WORKLOAD_KIND_ORDER.get(kind, 99),)),
+        ("dept", str(dept_id) if dept_id else STAT_NONE_KEY, dept_name or STAT_NO_DEPT, (dept_code or "~",)),
+        ("title", src.title or STAT_NONE_KEY, src.title or STAT_NO_TITLE, (not src.title, src.title or "")),
+        ("item", str(item_id), f"{item_name}（{item_code}）", (cat_sort, item_sort, item_id)),
+    ]
+    if cat_code == "surgery" and src.grade:
+        grade = int(src.grade)
+        values.append(("surgery_grade", str(grade), SURGERY_GRADE_LABELS.get(grade, f"{grade}级手术"), (grade,)))
+    return values
+
+
+def privilege_statistics(*, viewer: User, year: int, month: int) -> PrivilegeStatistics:
+    """Grants made and applications submitted in a month (Asia/Shanghai), by category, §三.8 workload kind
+    (catalogue.WORKLOAD_KINDS), department, title, surgery grade and item, with the previous month (环比) and the
+    same month a year earlier (同比); within the viewer's privileges.view scope. Emergency grants count under
+    紧急授权 (category and kind) whatever their item. Raises ValidationFailed."""
+    from app.privileges.models import EmergencyGrant
+
+    _check_month(year, month)
     scope = data_scope(viewer, "privileges.view")
     months = ((year, month), _shift_month(year, month, -1), (year - 1, month))
-    emergency_name = db.session.scalar(select(PrivilegeCategory.name).where(PrivilegeCategory.code == "emergency")) \
-        or "紧急授权"
-    grade_names = {1: "一级手术", 2: "二级手术", 3: "三级手术", 4: "四级手术"}
-    counters: dict[str, dict[str, list[list[int]]]] = {d: {} for d, _ in STAT_DIMENSIONS}
+    emergency = _emergency_category()
+    dims = [d for d, _ in STAT_DIMENSIONS]
+    counters: dict[str, dict[str, list[list[int]]]] = {d: {} for d in dims}
+    labels: dict[str, dict[str, str]] = {d: {} for d in dims}
+    order: dict[str, dict[str, tuple[Any, ...]]] = {d: {} for d in dims}
     totals = [[0, 0, 0], [0, 0, 0]]
-    order: dict[str, dict[str, tuple[Any, ...]]] = {d: {} for d, _ in STAT_DIMENSIONS}
 
-    def bump(dim: str, label: str, sort: tuple[Any, ...], kind: int, slot: int) -> None:
-        counters[dim].setdefault(label, [[0, 0, 0], [0, 0, 0]])[kind][slot] += 1
-        order[dim].setdefault(label, sort)
+    def bump(dim: str, key: str, label: str, sort: tuple[Any, ...], kind: int, slot: int) -> None:
+        counters[dim].setdefault(key, [[0, 0, 0], [0, 0, 0]])[kind][slot] += 1
+        labels[dim].setdefault(key, label)
+        order[dim].setdefault(key, sort)
+
+    columns = (PrivilegeCategory.code, PrivilegeCategory.name, PrivilegeCategory.sort_order, PrivilegeItem.id,
+               PrivilegeItem.code, PrivilegeItem.name, PrivilegeItem.sort_order, PrivilegeItem.grade_level,
+               Department.id, Department.name, Department.code, User.title)
+
+    def source(row: Any, emergency_grant: bool) -> _StatSource:
+        return _StatSource(category=(row[0], row[1], row[2]), item=(row[3], row[4], row[5], row[6]), grade=row[7],
+                           dept=(row[8], row[9], row[10]), title=row[11], emergency=emergency_grant)
 
     for slot, (y, m) in enumerate(months):
         start, end = _month_bounds(y, m)
-        grant_stmt = (select(PrivilegeCategory.name, PrivilegeCategory.sort_order, PrivilegeCategory.code,
-                             PrivilegeItem.grade_level, Department.name, Department.code, User.title,
-                             EmergencyGrant.id)
+        grant_stmt = (select(*columns, EmergencyGrant.id)
                       .select_from(Grant).join(User, Grant.user_id == User.id)
                       .join(PrivilegeItem, Grant.item_id == PrivilegeItem.id)
                       .join(PrivilegeCategory, PrivilegeItem.category_id == PrivilegeCategory.id)
@@ -1373,21 +1487,12 @@ def privilege_statistics(*, viewer: User, year: int, month: int) -> PrivilegeSta
                       .where(Grant.granted_at >= start, Grant.granted_at < end))
         grant_stmt = scope.filter(grant_stmt, user_col=Grant.user_id, dept_col=User.dept_id)
         for grant_row in db.session.execute(grant_stmt):
-            cat_name, cat_sort, cat_code, grade, dept_name, dept_code, title, emergency_id = cast(Any, grant_row)
             totals[0][slot] += 1
-            if emergency_id is not None:
-                bump("category", emergency_name, (999, ""), 0, slot)
-            else:
-                bump("category", cat_name, (cat_sort, ""), 0, slot)
-            bump("dept", dept_name or "（无科室）", (dept_code or "~",), 0, slot)
-            bump("title", title or "（未填职称）", (title is None, title or ""), 0, slot)
-            if cat_code == "surgery" and grade:
-                bump("surgery_grade", grade_names.get(int(grade), f"{grade}级手术"), (int(grade),), 0, slot)
+            for dim, key, label, sort in _stat_values(source(grant_row, grant_row[-1] is not None), emergency):
+                bump(dim, key, label, sort, 0, slot)
         # an application counts once per dimension value it touches (an application of 3 surgery items of two
         # grades counts once under 手术 and once under each grade)
-        app_stmt = (select(PrivilegeApplication.id, PrivilegeCategory.name, PrivilegeCategory.sort_order,
-                           PrivilegeCategory.code, PrivilegeItem.grade_level, Department.name, Department.code,
-                           User.title)
+        app_stmt = (select(*columns, PrivilegeApplication.id)
                     .select_from(PrivilegeApplication)
                     .join(User, PrivilegeApplication.applicant_id == User.id)
                     .join(PrivilegeApplicationItem, PrivilegeApplicationItem.application_id == PrivilegeApplication.id)
@@ -1397,31 +1502,117 @@ def privilege_statistics(*, viewer: User, year: int, month: int) -> PrivilegeSta
                     .where(PrivilegeApplication.submitted_at >= start, PrivilegeApplication.submitted_at < end))
         app_stmt = scope.filter(app_stmt, user_col=PrivilegeApplication.applicant_id,
                                 dept_col=PrivilegeApplication.dept_id)
-        seen: dict[str, set[tuple[int, str]]] = {d: set() for d, _ in STAT_DIMENSIONS}
+        seen: set[tuple[int, str, str]] = set()
         apps: set[int] = set()
         for app_row in db.session.execute(app_stmt):
-            app_id, cat_name, cat_sort, cat_code, grade, dept_name, dept_code, title = cast(Any, app_row)
+            app_id = int(app_row[-1])
             apps.add(app_id)
-            values: list[tuple[str, str, tuple[Any, ...]]] = [("category", cat_name, (cat_sort, "")), ("dept", dept_name or "（无科室）", (dept_code or "~",)),
-                      ("title", title or "（未填职称）", (title is None, title or ""))]
-            if cat_code == "surgery" and grade:
-                values.append(("surgery_grade", grade_names.get(int(grade), f"{grade}级手术"), (int(grade),)))
-            for dim, label, sort in values:
-                if (app_id, label) not in seen[dim]:
-                    seen[dim].add((app_id, label))
-                    bump(dim, label, sort, 1, slot)
+            for dim, key, label, sort in _stat_values(source(app_row, False), emergency):
+                if (app_id, dim, key) not in seen:
+                    seen.add((app_id, dim, key))
+                    bump(dim, key, label, sort, 1, slot)
         totals[1][slot] += len(apps)
-    tables: dict[str, list[StatRow]] = {}
+
     def trio(values: list[int]) -> tuple[int, int, int]:
         return values[0], values[1], values[2]
 
-    for dim, _ in STAT_DIMENSIONS:
-        dim_order = order[dim]
-        labels = sorted(counters[dim], key=dim_order.__getitem__)
-        tables[dim] = [StatRow(label, trio(counters[dim][label][0]), trio(counters[dim][label][1]))
-                       for label in labels]
-    total = StatRow("合计", trio(totals[0]), trio(totals[1]))
+    tables: dict[str, list[StatRow]] = {}
+    for dim in dims:
+        keys = sorted(counters[dim], key=order[dim].__getitem__)
+        tables[dim] = [StatRow(labels[dim][k], trio(counters[dim][k][0]), trio(counters[dim][k][1]), key=k)
+                       for k in keys]
+    total = StatRow("合计", trio(totals[0]), trio(totals[1]), key="")
     return PrivilegeStatistics(year=year, month=month, months=months, tables=tables, totals=total)
+
+
+@dataclass
+class StatDrill:
+    """The grants behind one statistics row in one month."""
+
+    year: int
+    month: int
+    dimension: str  # a STAT_DIMENSIONS code, or "all"
+    dimension_title: str
+    key: str
+    label: str
+    query: Select
+
+    @property
+    def month_label(self) -> str:
+        return f"{self.year}-{self.month:02d}"
+
+
+def statistics_drill(*, viewer: User, year: int, month: int, dimension: str, key: str) -> StatDrill:
+    """The grants counted in one cell of privilege_statistics: made in the month (Asia/Shanghai) with the
+    dimension's value `key` (StatRow.key; dimension "all" for the month's total), within the viewer's
+    privileges.view scope, newest first. Raises ValidationFailed for an unknown dimension or value."""
+    from app.privileges import catalogue
+    from app.privileges.models import EmergencyGrant
+
+    _check_month(year, month)
+    scope = data_scope(viewer, "privileges.view")
+    titles = dict(STAT_DIMENSIONS) | {"all": "全部"}
+    if dimension not in titles:
+        raise ValidationFailed({"dimension": f"统计维度无效：{dimension}"})
+    key = (key or "").strip()
+    start, end = _month_bounds(year, month)
+    stmt = (select(Grant).join(User, Grant.user_id == User.id)
+            .join(PrivilegeItem, Grant.item_id == PrivilegeItem.id)
+            .join(PrivilegeCategory, PrivilegeItem.category_id == PrivilegeCategory.id)
+            .outerjoin(EmergencyGrant, EmergencyGrant.grant_id == Grant.id)
+            .where(Grant.granted_at >= start, Grant.granted_at < end)
+            .order_by(Grant.granted_at.desc(), Grant.id.desc()))
+    stmt = scope.filter(stmt, user_col=Grant.user_id, dept_col=User.dept_id)
+    is_emergency = or_(EmergencyGrant.id.is_not(None), PrivilegeCategory.code == EMERGENCY_CATEGORY)
+    bad = ValidationFailed({"key": f"统计项目无效：{key or '（空）'}"})
+    label = "合计"
+    if dimension == "category":
+        name = db.session.scalar(select(PrivilegeCategory.name).where(PrivilegeCategory.code == key))
+        if name is None:
+            raise bad
+        label = name
+        stmt = stmt.where(is_emergency if key == EMERGENCY_CATEGORY
+                          else and_(PrivilegeCategory.code == key, EmergencyGrant.id.is_(None)))
+    elif dimension == "kind":
+        if key not in catalogue.WORKLOAD_KIND_NAMES:
+            raise bad
+        label = catalogue.WORKLOAD_KIND_NAMES[key]
+        if key == "emergency":
+            stmt = stmt.where(is_emergency)
+        else:
+            ids = [int(row[0]) for row in db.session.execute(
+                select(PrivilegeItem.id, PrivilegeItem.code, PrivilegeCategory.code)
+                .join(PrivilegeCategory, PrivilegeItem.category_id == PrivilegeCategory.id))
+                if catalogue.workload_kind(str(row[1]), str(row[2])) == key]
+            stmt = stmt.where(Grant.item_id.in_(ids), ~is_emergency)
+    elif dimension == "item":
+        found = db.session.get(PrivilegeItem, int(key)) if key.isdigit() else None
+        if found is None:
+            raise bad
+        label = f"{found.name}（{found.code}）"
+        stmt = stmt.where(Grant.item_id == found.id)
+    elif dimension == "dept":
+        if key == STAT_NONE_KEY:
+            label = STAT_NO_DEPT
+            stmt = stmt.where(User.dept_id.is_(None))
+        else:
+            dept = db.session.get(Department, int(key)) if key.isdigit() else None
+            if dept is None:
+                raise bad
+            label = dept.name
+            stmt = stmt.where(User.dept_id == dept.id)
+    elif dimension == "title":
+        if not key:
+            raise bad
+        label = STAT_NO_TITLE if key == STAT_NONE_KEY else key
+        stmt = stmt.where(or_(User.title.is_(None), User.title == "") if key == STAT_NONE_KEY else User.title == key)
+    elif dimension == "surgery_grade":
+        if key not in {str(g) for g in SURGERY_GRADE_LABELS}:
+            raise bad
+        label = SURGERY_GRADE_LABELS[int(key)]
+        stmt = stmt.where(PrivilegeCategory.code == "surgery", PrivilegeItem.grade_level == int(key))
+    return StatDrill(year=year, month=month, dimension=dimension, dimension_title=titles[dimension], key=key,
+                     label=label, query=stmt)
 
 
 def _pct(value: float | None) -> str:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 05:40:35.573619
+Create Date: 2026-11-23 05:59:52.332452
 
 """
 from alembic import op
@@ -227,7 +227,7 @@ def upgrade():
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_privilege_categories')),
     sa.UniqueConstraint('code', name=op.f('uq_privilege_categories_code')),
-    comment='医疗权限授权类别（九大类）'
+    comment='医疗权限授权类别（九大类及护理操作）'
     )
     op.create_table('privilege_index_changes',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
@@ -261,19 +261,6 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_pull_cursors')),
     sa.UniqueConstraint('source_name', name=op.f('uq_pull_cursors_source_name')),
     comment='数据库视图拉取游标（每个数据源的高水位）'
-    )
-    op.create_table('restricted_technologies',
-    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
-    sa.Column('seq', sa.Integer(), nullable=False, comment='目录序号'),
-    sa.Column('name', sa.String(length=200), nullable=False, comment='技术名称'),
-    sa.Column('is_new_2022', sa.Boolean(), nullable=False, comment='2022年版新增'),
-    sa.Column('spec_title', sa.String(length=300), nullable=True, comment='临床应用管理规范名称（部分为推定）'),
-    sa.Column('qc_title', sa.String(length=300), nullable=True, comment='质量控制指标名称'),
-    sa.Column('effective_date', sa.Date(), nullable=True, comment='施行日期'),
-    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否在用'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_restricted_technologies')),
-    sa.UniqueConstraint('seq', name=op.f('uq_restricted_technologies_seq')),
-    comment='国家限制类技术目录'
     )
     op.create_table('roles',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
@@ -420,6 +407,21 @@ def upgrade():
     with op.batch_alter_table('loop_nodes', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_loop_nodes_loop_type_id'), ['loop_type_id'], unique=False)
 
+    op.create_table('restricted_technologies',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('seq', sa.Integer(), nullable=False, comment='目录序号'),
+    sa.Column('name', sa.String(length=200), nullable=False, comment='技术名称'),
+    sa.Column('is_new_2022', sa.Boolean(), nullable=False, comment='2022年版新增'),
+    sa.Column('spec_title', sa.String(length=300), nullable=True, comment='临床应用管理规范名称（部分为推定）'),
+    sa.Column('qc_title', sa.String(length=300), nullable=True, comment='质量控制指标名称'),
+    sa.Column('effective_date', sa.Date(), nullable=True, comment='施行日期'),
+    sa.Column('is_active', sa.Boolean(), nullable=False, comment='是否在用'),
+    sa.Column('privilege_item_id', sa.Integer(), nullable=True, comment='对应的医疗权限目录项目（限制类医疗技术授权，首次批准开展时关联；停止开展时据此暂停科室医师的授权）'),
+    sa.ForeignKeyConstraint(['privilege_item_id'], ['privilege_items.id'], name=op.f('fk_restricted_technologies_privilege_item_id_privilege_items')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_restricted_technologies')),
+    sa.UniqueConstraint('seq', name=op.f('uq_restricted_technologies_seq')),
+    comment='国家限制类技术目录'
+    )
     op.create_table('users',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('username', sa.String(length=64), nullable=False, comment='登录名'),
@@ -463,6 +465,8 @@ def upgrade():
     sa.Column('reinstatement_reason', sa.Text(), nullable=True, comment='复职理由'),
     sa.Column('reinstated_at', sa.DateTime(timezone=True), nullable=True, comment='复职生效时间'),
     sa.Column('reinstated_by_id', sa.Integer(), nullable=True, comment='复职批准人'),
+    sa.Column('form_version', sa.Integer(), nullable=True, comment='申请表单模板版本（提交时所用的版本）'),
+    sa.Column('form_data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='申请表单中医务处增加的字段（按模板校验，JSON）'),
     sa.ForeignKeyConstraint(['registered_by_id'], ['users.id'], name=op.f('fk_archive_departures_registered_by_id_users')),
     sa.ForeignKeyConstraint(['reinstated_by_id'], ['users.id'], name=op.f('fk_archive_departures_reinstated_by_id_users')),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_archive_departures_user_id_users')),
@@ -580,6 +584,8 @@ def upgrade():
     sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True, comment='删除时间'),
     sa.Column('deleted_by_id', sa.Integer(), nullable=True, comment='删除人'),
     sa.Column('deleted_reason', sa.String(length=500), nullable=True, comment='删除原因'),
+    sa.Column('form_version', sa.Integer(), nullable=True, comment='申请表单模板版本（提交时所用的版本）'),
+    sa.Column('form_data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='申请表单中医务处增加的字段（按模板校验，JSON）'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
     sa.ForeignKeyConstraint(['created_by_id'], ['users.id'], name=op.f('fk_certificates_created_by_id_users')),
@@ -705,30 +711,6 @@ def upgrade():
     with op.batch_alter_table('form_templates', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_form_templates_key'), ['key'], unique=False)
 
-    op.create_table('high_risk_authorizations',
-    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
-    sa.Column('item_id', sa.Integer(), nullable=False, comment='高风险技术'),
-    sa.Column('user_id', sa.Integer(), nullable=False, comment='被授权人员'),
-    sa.Column('role_in_team', sa.String(length=32), nullable=True, comment='授权角色（术者、助手、护理等）'),
-    sa.Column('valid_from', sa.Date(), nullable=False, comment='生效日期'),
-    sa.Column('valid_until', sa.Date(), nullable=True, comment='有效期至'),
-    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：active 有效/revoked 已取消'),
-    sa.Column('granted_by_id', sa.Integer(), nullable=True, comment='授权人'),
-    sa.Column('granted_at', sa.DateTime(timezone=True), nullable=False, comment='授权时间'),
-    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True, comment='取消时间'),
-    sa.Column('revoked_by_id', sa.Integer(), nullable=True, comment='取消操作人'),
-    sa.Column('revoke_reason', sa.String(length=500), nullable=True, comment='取消原因'),
-    sa.ForeignKeyConstraint(['granted_by_id'], ['users.id'], name=op.f('fk_high_risk_authorizations_granted_by_id_users')),
-    sa.ForeignKeyConstraint(['item_id'], ['high_risk_items.id'], name=op.f('fk_high_risk_authorizations_item_id_high_risk_items')),
-    sa.ForeignKeyConstraint(['revoked_by_id'], ['users.id'], name=op.f('fk_high_risk_authorizations_revoked_by_id_users')),
-    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_high_risk_authorizations_user_id_users')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_high_risk_authorizations')),
-    comment='高风险诊疗技术授权人员'
-    )
-    with op.batch_alter_table('high_risk_authorizations', schema=None) as batch_op:
-        batch_op.create_index('ix_high_risk_authorizations_item_status', ['item_id', 'status'], unique=False)
-        batch_op.create_index(batch_op.f('ix_high_risk_authorizations_user_id'), ['user_id'], unique=False)
-
     op.create_table('high_risk_evaluations',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('item_id', sa.Integer(), nullable=False, comment='高风险技术'),
@@ -740,6 +722,7 @@ def upgrade():
     sa.Column('mao_comment', sa.Text(), nullable=True, comment='医务处评估意见'),
     sa.Column('started_by_id', sa.Integer(), nullable=True, comment='发起人'),
     sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='评估完成时间'),
+    sa.Column('suspended_grants', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True, comment='暂停开展时一并暂停的医疗权限授予记录（reason 暂停原因、grant_ids 编号；评估恢复开展时据此恢复）'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
     sa.ForeignKeyConstraint(['item_id'], ['high_risk_items.id'], name=op.f('fk_high_risk_evaluations_item_id_high_risk_items')),
@@ -793,6 +776,9 @@ def upgrade():
     sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='办结时间（转常规、终止、未通过、撤回）'),
     sa.Column('extension_count', sa.Integer(), nullable=False, comment='延期次数'),
     sa.Column('final_comment', sa.Text(), nullable=True, comment='最终意见'),
+    sa.Column('suspended_at', sa.DateTime(timezone=True), nullable=True, comment='中止时间（中止期间；恢复开展后清空）'),
+    sa.Column('suspend_reason', sa.Text(), nullable=True, comment='中止原因（中止期间；恢复开展后清空）'),
+    sa.Column('suspended_grant_ids', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='因项目中止而暂停的授权记录编号（恢复开展时据此恢复）'),
     sa.Column('routine_item_id', sa.Integer(), nullable=True, comment='转常规后授权所依的医疗权限目录项目（常规类别）'),
     sa.Column('form_version', sa.Integer(), nullable=True, comment='申请表单模板版本（提交时所用的版本）'),
     sa.Column('form_data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='申请表单中医务处增加的字段（按模板校验，JSON）'),
@@ -873,6 +859,8 @@ def upgrade():
     sa.Column('final_comment', sa.Text(), nullable=True, comment='最终审批意见'),
     sa.Column('override_reason', sa.Text(), nullable=True, comment='医务处特批理由（含资格不符项目时必填，逐项不符原因见审计日志）'),
     sa.Column('override_by_id', sa.Integer(), nullable=True, comment='特批人（医务处）'),
+    sa.Column('form_version', sa.Integer(), nullable=True, comment='申请表单模板版本（提交时所用的版本）'),
+    sa.Column('form_data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='申请表单中医务处增加的字段（按模板校验，JSON）'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
     sa.ForeignKeyConstraint(['applicant_id'], ['users.id'], name=op.f('fk_privilege_applications_applicant_id_users')),
@@ -944,6 +932,7 @@ def upgrade():
     sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False, comment='提交时间'),
     sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='办结时间'),
     sa.Column('final_comment', sa.Text(), nullable=True, comment='最终意见'),
+    sa.Column('suspended_grants', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True, comment='停止开展时暂停的本科室医师医疗权限授予记录（reason 暂停原因、grant_ids 编号；重新备案时据此恢复）'),
     sa.Column('form_version', sa.Integer(), nullable=True, comment='申请表单模板版本（提交时所用的版本）'),
     sa.Column('form_data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='申请表单中医务处增加的字段（按模板校验，JSON）'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
@@ -1174,7 +1163,7 @@ def upgrade():
     sa.Column('problems', sa.Text(), nullable=True, comment='存在问题与改进'),
     sa.Column('submitted_by_id', sa.Integer(), nullable=True, comment='提交人'),
     sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False, comment='提交时间'),
-    sa.Column('review_decision', sa.String(length=16), nullable=True, comment='医务处审核结论：continue/extend/routine/terminate/return'),
+    sa.Column('review_decision', sa.String(length=16), nullable=True, comment='医务处审核结论：continue/extend/routine/terminate/suspend/return'),
     sa.Column('review_comment', sa.Text(), nullable=True, comment='医务处审核意见'),
     sa.Column('reviewed_by_id', sa.Integer(), nullable=True, comment='审核人'),
     sa.Column('reviewed_at', sa.DateTime(timezone=True), nullable=True, comment='审核时间'),
@@ -1316,6 +1305,34 @@ def upgrade():
     with op.batch_alter_table('restricted_case_reports', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_restricted_case_reports_application_id'), ['application_id'], unique=False)
 
+    op.create_table('high_risk_authorizations',
+    sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
+    sa.Column('item_id', sa.Integer(), nullable=False, comment='高风险技术'),
+    sa.Column('user_id', sa.Integer(), nullable=False, comment='被授权人员'),
+    sa.Column('role_in_team', sa.String(length=32), nullable=True, comment='授权角色（术者、助手、护理等）'),
+    sa.Column('valid_from', sa.Date(), nullable=False, comment='生效日期'),
+    sa.Column('valid_until', sa.Date(), nullable=True, comment='有效期至'),
+    sa.Column('status', sa.String(length=16), nullable=False, comment='状态：active 有效/revoked 已取消'),
+    sa.Column('granted_by_id', sa.Integer(), nullable=True, comment='授权人'),
+    sa.Column('granted_at', sa.DateTime(timezone=True), nullable=False, comment='授权时间'),
+    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True, comment='取消时间'),
+    sa.Column('revoked_by_id', sa.Integer(), nullable=True, comment='取消操作人'),
+    sa.Column('revoke_reason', sa.String(length=500), nullable=True, comment='取消原因'),
+    sa.Column('grant_id', sa.Integer(), nullable=True, comment='对应的医疗权限授予记录（技术关联权限项目时，授权即授予或沿用该项目的授权，供 HIS 校验；取消授权时停止）'),
+    sa.Column('override_reason', sa.String(length=500), nullable=True, comment='医务处特批理由（被授权人不符合权限项目资格条件时必填，不符项见审计日志）'),
+    sa.ForeignKeyConstraint(['grant_id'], ['privilege_grants.id'], name=op.f('fk_high_risk_authorizations_grant_id_privilege_grants')),
+    sa.ForeignKeyConstraint(['granted_by_id'], ['users.id'], name=op.f('fk_high_risk_authorizations_granted_by_id_users')),
+    sa.ForeignKeyConstraint(['item_id'], ['high_risk_items.id'], name=op.f('fk_high_risk_authorizations_item_id_high_risk_items')),
+    sa.ForeignKeyConstraint(['revoked_by_id'], ['users.id'], name=op.f('fk_high_risk_authorizations_revoked_by_id_users')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_high_risk_authorizations_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_high_risk_authorizations')),
+    comment='高风险诊疗技术授权人员'
+    )
+    with op.batch_alter_table('high_risk_authorizations', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_high_risk_authorizations_grant_id'), ['grant_id'], unique=False)
+        batch_op.create_index('ix_high_risk_authorizations_item_status', ['item_id', 'status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_high_risk_authorizations_user_id'), ['user_id'], unique=False)
+
     op.create_table('human_tasks',
     sa.Column('id', sa.Integer(), nullable=False, comment='主键'),
     sa.Column('instance_id', sa.Integer(), nullable=False, comment='流程实例'),
@@ -1420,6 +1437,8 @@ def upgrade():
     sa.Column('reviewed_at', sa.DateTime(timezone=True), nullable=True, comment='事后审核完成时间'),
     sa.Column('reviewed_by_id', sa.Integer(), nullable=True, comment='事后审核人'),
     sa.Column('review_comment', sa.Text(), nullable=True, comment='事后审核意见'),
+    sa.Column('form_version', sa.Integer(), nullable=True, comment='申请表单模板版本（提交时所用的版本）'),
+    sa.Column('form_data', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False, comment='申请表单中医务处增加的字段（按模板校验，JSON）'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, comment='创建时间'),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False, comment='更新时间'),
     sa.ForeignKeyConstraint(['grant_id'], ['privilege_grants.id'], name=op.f('fk_privilege_emergency_grants_grant_id_privilege_grants')),
@@ -1593,6 +1612,12 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_human_tasks_assignee_id'))
 
     op.drop_table('human_tasks')
+    with op.batch_alter_table('high_risk_authorizations', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_high_risk_authorizations_user_id'))
+        batch_op.drop_index('ix_high_risk_authorizations_item_status')
+        batch_op.drop_index(batch_op.f('ix_high_risk_authorizations_grant_id'))
+
+    op.drop_table('high_risk_authorizations')
     with op.batch_alter_table('restricted_case_reports', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_restricted_case_reports_application_id'))
 
@@ -1711,11 +1736,6 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_high_risk_evaluations_instance_id'))
 
     op.drop_table('high_risk_evaluations')
-    with op.batch_alter_table('high_risk_authorizations', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_high_risk_authorizations_user_id'))
-        batch_op.drop_index('ix_high_risk_authorizations_item_status')
-
-    op.drop_table('high_risk_authorizations')
     with op.batch_alter_table('form_templates', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_form_templates_key'))
 
@@ -1774,6 +1794,7 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_users_dept_id'))
 
     op.drop_table('users')
+    op.drop_table('restricted_technologies')
     with op.batch_alter_table('loop_nodes', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_loop_nodes_loop_type_id'))
 
@@ -1805,7 +1826,6 @@ def downgrade():
 
     op.drop_table('certificate_requirements')
     op.drop_table('roles')
-    op.drop_table('restricted_technologies')
     op.drop_table('pull_cursors')
     op.drop_table('privilege_index_versions')
     with op.batch_alter_table('privilege_index_changes', schema=None) as batch_op:

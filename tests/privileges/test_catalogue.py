@@ -11,7 +11,7 @@ from app.privileges.data import build
 from app.privileges.models import PrivilegeCategory, PrivilegeItem
 
 CATEGORY_CODES = ["basic", "special", "invasive", "surgery", "anesthesia", "endoscopy", "new_tech",
-                  "restricted_tech", "emergency"]
+                  "restricted_tech", "emergency", "nursing"]  # the nine of §三.1, then 护理操作 (§三.5)
 
 
 def _counts(db_session) -> dict[str, int]:
@@ -20,11 +20,11 @@ def _counts(db_session) -> dict[str, int]:
     return dict(rows.all())
 
 
-def test_nine_categories_in_seed_order(db_session):
+def test_nine_categories_in_seed_order_then_nursing(db_session):
     cats = db_session.scalars(select(PrivilegeCategory).order_by(PrivilegeCategory.sort_order)).all()
     assert [c.code for c in cats] == CATEGORY_CODES
-    assert cats[0].name == "基础诊疗项目授权" and cats[-1].name == "紧急授权"
-    assert cats[-1].validity_days == 7 and all(c.validity_years > 0 for c in cats[:-1])
+    assert cats[0].name == "基础诊疗项目授权" and cats[8].name == "紧急授权" and cats[9].name == "护理操作授权"
+    assert cats[8].validity_days == 7 and all(c.validity_years > 0 for c in cats if c.code != "emergency")
 
 
 def test_item_counts_per_category(db_session):
@@ -32,7 +32,8 @@ def test_item_counts_per_category(db_session):
     surgeries = build.read_csv(catalogue.DATA_DIR / build.SURGERY_SUBSET)
     invasive = build.read_csv(catalogue.DATA_DIR / build.INVASIVE_SUBSET)
     assert counts == {"basic": 4, "special": 8, "invasive": len(invasive), "surgery": len(surgeries),
-                      "anesthesia": 4, "endoscopy": 4, "new_tech": 2, "restricted_tech": 12, "emergency": 2}
+                      "anesthesia": 4, "endoscopy": 4, "new_tech": 2, "restricted_tech": 12, "emergency": 2,
+                      "nursing": 12}
     assert 200 <= len(surgeries) <= 500
 
 

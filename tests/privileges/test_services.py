@@ -30,7 +30,7 @@ def test_bad_application_reports_each_field_and_creates_nothing(db_session, user
                                     item_ids=[ok.id, "abc", 99999999, ok.id, inactive.id])
     paths = {e["path"]: e["message"] for e in err.value.errors}
     assert set(paths) == {"reason", "item_ids/1", "item_ids/2", "item_ids/3", "item_ids/4"}
-    assert paths["reason"] == "请填写申请理由"
+    assert paths["reason"] == "“申请理由”为必填项"
     assert paths["item_ids/2"] == "授权项目不存在" and "重复" in paths["item_ids/3"]
     assert "停用" in paths["item_ids/4"]
     assert _count(db_session, PrivilegeApplication) == before
