@@ -84,11 +84,15 @@ def serve_cmd(port: int, host: str, workers: int, production: bool | None, worke
 
 
 @main.command("worker", context_settings={"ignore_unknown_options": True})
+@click.option("--nice", "niceness", default=5, show_default=True, type=click.IntRange(0, 19),
+              help="降低后台任务的 CPU 优先级（与 Web 同机时，先保证对外接口的应答；0 表示不降低）")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker_cmd(celery_args: tuple[str, ...]) -> None:
+def worker_cmd(niceness: int, celery_args: tuple[str, ...]) -> None:
     """启动 Celery 后台任务进程（需设置 REDIS_URL）。"""
     if not os.environ.get("REDIS_URL"):
         raise click.ClickException("未设置 REDIS_URL：内嵌模式下后台任务在 serve 进程内运行，无需 worker")
+    if niceness:
+        os.nice(niceness)  # kept across exec: the worker and its pool processes run below the web processes
     args = [sys.executable, "-m", "celery", "-A", "wsgi:celery", "worker", "-B", "--loglevel=INFO", *celery_args]
     os.execv(sys.executable, args)
 

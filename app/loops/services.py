@@ -230,9 +230,10 @@ _MAPPINGS: dict[tuple[str, str, str], str] = {}
 
 def _mapping(source: str, kind: str, code: str) -> str | None:
     if not _MAPPINGS:
-        for m in db.session.scalars(select(InterfaceMapping)):
-            _MAPPINGS[(m.source, m.kind, m.code)] = m.target
-        _MAPPINGS[("", "", "")] = ""  # loaded marker
+        # built aside and published in one update: another thread never sees a half-loaded dictionary
+        loaded = {(m.source, m.kind, m.code): m.target for m in db.session.scalars(select(InterfaceMapping))}
+        loaded[("", "", "")] = ""  # loaded marker
+        _MAPPINGS.update(loaded)
     return _MAPPINGS.get((source, kind, code)) or _MAPPINGS.get(("*", kind, code))
 
 
@@ -559,20 +560,22 @@ def org_of(dept_code: str | None, campus_code: str | None) -> tuple[int | None, 
     """(dept_id, campus_id) for a source system's department code (HIS code or our code) and campus code; cached."""
     from app.auth.models import Campus, Department
 
-    if not _ORG:
-        _ORG["dept"] = {}
-        _ORG["campus"] = {}
+    depts, campuses = _ORG.get("dept"), _ORG.get("campus")
+    if depts is None or campuses is None:
+        # built aside and published whole: threads of a web worker may read while another builds or clears it
+        depts, campuses = {}, {}
         for d in db.session.scalars(select(Department)):
-            _ORG["dept"][d.code] = (d.id, d.campus_id)
+            depts[d.code] = (d.id, d.campus_id)
             if d.his_code:
-                _ORG["dept"][d.his_code] = (d.id, d.campus_id)
+                depts[d.his_code] = (d.id, d.campus_id)
         for c in db.session.scalars(select(Campus)):
-            _ORG["campus"][c.code] = (None, c.id)
+            campuses[c.code] = (None, c.id)
+        _ORG.update(dept=depts, campus=campuses)
     dept_id = campus_id = None
-    if dept_code and dept_code in _ORG["dept"]:
-        dept_id, campus_id = _ORG["dept"][dept_code]
-    if campus_id is None and campus_code and campus_code in _ORG["campus"]:
-        campus_id = _ORG["campus"][campus_code][1]
+    if dept_code and dept_code in depts:
+        dept_id, campus_id = depts[dept_code]
+    if campus_id is None and campus_code and campus_code in campuses:
+        campus_id = campuses[campus_code][1]
     return dept_id, campus_id
 
 
