@@ -3,7 +3,7 @@
 Invariants:
 - an accepted event is stored (unique on source + event_id) before the sender gets its answer; a
   duplicate is acknowledged and changes nothing; a bad event is rejected alone, with a reason and a path;
-- events of one order are applied by one worker at a time (the order row is locked, SKIP LOCKED), in loop
+- events of one order are applied by one worker at a time (a try-lock claim per order), in loop
   order as far as they can be: a node whose predecessors are missing waits up to the loop's grace period,
   then the missing nodes are marked skipped (缺环) and the loop moves on;
 - nothing rolls a loop back: a skipped node that arrives later is kept and shown as late; an event for a
@@ -500,15 +500,51 @@ def _in(column, values: list):
     return column.in_(values)
 
 
+# advisory lock keys of claimed orders: this namespace plus the order id (nothing else takes advisory locks)
+CLAIM_NAMESPACE = 7301 << 48
+
+
+def _claim(limit: int, now: datetime) -> list[LoopOrder]:
+    """The orders this worker applies now, each claimed for the transaction.
+
+    On PostgreSQL the claim is a transaction-level advisory lock per order (taken with try: an order another
+    worker holds is skipped), not a row lock: intake's upsert of the order row (pending = true) must never wait
+    for a batch being applied, only for the batch's short flush-to-commit window. A lock ends with its
+    transaction, or with the connection of a killed worker. SQLite (the embedded default, one applier thread)
+    simply reads the orders."""
+    due = (LoopOrder.pending.is_(True), (LoopOrder.wait_until.is_(None)) | (LoopOrder.wait_until <= now))
+    if db.session.get_bind().dialect.name != "postgresql":
+        return list(db.session.scalars(select(LoopOrder).where(*due).order_by(LoopOrder.id).limit(limit)))
+    candidates = list(db.session.scalars(select(LoopOrder.id).where(*due).order_by(LoopOrder.id).limit(limit * 3)))
+    if not candidates:
+        return []
+    claimed = list(db.session.scalars(
+        text("select id from unnest(cast(:ids as bigint[])) as c(id) "
+             "where pg_try_advisory_xact_lock(:ns + id) limit :n"),
+        {"ids": candidates, "ns": CLAIM_NAMESPACE, "n": limit}))
+    if not claimed:
+        return []
+    # read again under the claim: another worker may have applied one of them since the candidates were read
+    return list(db.session.scalars(select(LoopOrder).where(_in(LoopOrder.id, claimed), *due).order_by(LoopOrder.id)))
+
+
+def _reflag_arrivals(orders: list[LoopOrder]) -> None:
+    """Orders this batch marked done (pending = false) that got new events meanwhile are flagged again. Events
+    committed before this statement are seen here; an intake committing later updates the order row after this
+    transaction's commit (its upsert waits for the row this batch wrote), so no arrival is left unflagged."""
+    ids = [o.id for o in orders if not o.pending]
+    if not ids:
+        return
+    arrived = (select(LoopEvent.id).where(LoopEvent.order_no == LoopOrder.order_no,
+                                          LoopEvent.status == EventStatus.PENDING).exists())
+    db.session.execute(update(LoopOrder).where(_in(LoopOrder.id, ids), LoopOrder.pending.is_(False), arrived)
+                       .values(pending=True, wait_until=None).execution_options(synchronize_session=False))
+
+
 def apply_pending(*, limit: int = 200, now: datetime | None = None) -> ApplyStats:
-    """Claim orders with pending events (row locks, SKIP LOCKED on PostgreSQL) and apply them. Caller commits."""
+    """Claim orders with pending events (see _claim) and apply them. Caller commits."""
     now = now or utcnow()
-    stmt = (select(LoopOrder).where(LoopOrder.pending.is_(True))
-            .where((LoopOrder.wait_until.is_(None)) | (LoopOrder.wait_until <= now))
-            .order_by(LoopOrder.id).limit(limit))
-    if db.session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True, of=LoopOrder)
-    orders = list(db.session.scalars(stmt))
+    orders = _claim(limit, now)
     stats = ApplyStats(orders=len(orders))
     if not orders:
         return stats
@@ -550,6 +586,7 @@ def apply_pending(*, limit: int = 200, now: datetime | None = None) -> ApplyStat
         _raise_alerts(order, alerts)
     if raised:
         db.session.flush()
+    _reflag_arrivals(orders)
     return stats
 
 

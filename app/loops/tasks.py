@@ -147,7 +147,7 @@ cli = AppGroup("loops", help="医疗流程闭环：事件应用、演示数据�
 @click.option("--die-after", type=click.IntRange(1), default=None, hidden=True,
               help="仅供测试：累计应用满 N 个事件后，在该批事务提交前以 SIGKILL 结束本进程")
 def work_cmd(batch: int, forever: bool, interval: float, die_after: int | None) -> None:
-    """应用已接收的闭环事件：逐批认领待应用的医嘱（行锁 SKIP LOCKED，可多进程并行），每批一个事务提交。"""
+    """应用已接收的闭环事件：逐批认领待应用的医嘱（每个医嘱一把事务级咨询锁，被占用的跳过，可多进程并行），每批一个事务提交。"""
     from app.db import db
     from app.loops import services
 
