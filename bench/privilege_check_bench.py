@@ -197,11 +197,11 @@ def token_cached_app():
 
 
 def start_server(url: str, cache: bool, worker_class: str, threads: int, logdir: Path,
-                 token_cache: bool = False) -> Server:
+                 token_cache: bool = False, workers: int = 2) -> Server:
     port = free_port()
     env = dict(os.environ, DATABASE_URL=url, REDIS_URL=REDIS_URL, PRIVILEGE_CHECK_CACHE="1" if cache else "0")
     log = logdir / f"gunicorn-{'cached' if cache else 'uncached'}.log"
-    args = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+    args = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "--log-level", "warning",
             "--worker-class", worker_class, "--keep-alive", "30"]
     if worker_class == "gthread":
         args += ["--threads", str(threads)]
@@ -450,7 +450,8 @@ def main() -> None:
     parser.add_argument("--driver", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--worker-class", choices=["gthread", "sync", "gevent"], default="gthread",
                         help="gunicorn worker class (sync closes the connection after every response)")
-    parser.add_argument("--threads", type=int, default=2, help="threads per gunicorn worker with gthread")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker with gthread (medloop serve: 4)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--modes", default="cached,uncached",
                         help="comma list of cached, uncached, cached+tokencache (the what-if: see token_cached_app)")
@@ -464,7 +465,7 @@ def main() -> None:
     if driver == "wrk" and not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install -y wrk), or use --driver python")
     print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, driver {driver}, "
-          f"gunicorn -w 2 --worker-class {args.worker_class}"
+          f"gunicorn -w {args.workers} --worker-class {args.worker_class}"
           + (f" --threads {args.threads}" if args.worker_class == "gthread" else "")
           + f", {args.connections} keep-alive connections, {args.seconds:g} s per mode")
     ensure_database(args.url)
@@ -483,7 +484,7 @@ def main() -> None:
             modes.append("cached+tokencache")
         for mode in modes:
             server = start_server(args.url, mode.startswith("cached"), args.worker_class, args.threads, workdir,
-                                  token_cache=mode.endswith("+tokencache"))
+                                  token_cache=mode.endswith("+tokencache"), workers=args.workers)
             try:
                 seen = sanity(server.port, token, keys)
                 print(f"[{mode}] server up on 127.0.0.1:{server.port}; first 200 answers: {seen['allowed']} allowed, "
