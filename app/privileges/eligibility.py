@@ -109,6 +109,7 @@ class Facts:
     assessment: dict[str, Any] | None = None  # data of the latest effective 定期考核 record
     dept_items: set[int] | None = None  # the department catalogue; None = no restriction
     dept_name: str = ""
+    filed_restricted: set[int] = field(default_factory=set)  # RT items the department is approved to perform
 
 
 def cert_type_names() -> dict[str, str]:
@@ -145,19 +146,39 @@ def gather(users: Sequence[User], *, on: date, dept_id: int | None = None) -> di
         if current is None or str(data.get("assessment_date") or "") > str(current.get("assessment_date") or ""):
             facts[record_user_id].assessment = data
     catalogues: dict[int, set[int] | None] = {}
+    filed: dict[int, set[int]] = {}
     for u in users:
         dept = dept_id if dept_id is not None else u.dept_id
         if dept is None:
             continue
         if dept not in catalogues:
             catalogues[dept] = dept_catalogue.dept_item_ids(dept)
+            filed[dept] = _filed_restricted(dept)
         facts[u.id].dept_items = catalogues[dept]
+        facts[u.id].filed_restricted = filed[dept]
         if dept_id is not None and dept_id != u.dept_id:
             from app.auth.models import Department
 
             other = db.session.get(Department, dept_id)
             facts[u.id].dept_name = other.name if other else ""
     return facts
+
+
+RESTRICTED_CATEGORY = "restricted_tech"
+
+
+def _filed_restricted(dept_id: int) -> set[int]:
+    """Privilege items of the restricted technologies this department has been approved to perform (approved and
+    awaiting filing, or filed and tracked; 备案 follows the first case within 15 working days): only then may its
+    physicians be granted them; a stopped, rejected or pending application does not count."""
+    from app.technology.models.restricted import RestrictedApplication, RestrictedStatus, RestrictedTechnology
+
+    return {int(i) for i in db.session.scalars(
+        select(RestrictedTechnology.privilege_item_id)
+        .join(RestrictedApplication, RestrictedApplication.technology_id == RestrictedTechnology.id)
+        .where(RestrictedApplication.dept_id == dept_id,
+               RestrictedApplication.status.in_((RestrictedStatus.FILING, RestrictedStatus.TRACKING)),
+               RestrictedTechnology.privilege_item_id.is_not(None)))}
 
 
 def _projects(numbers: Iterable[str]) -> dict[str, Any]:
@@ -191,7 +212,7 @@ def on_team(user: User, project: Any) -> bool:
 
 @dataclass(frozen=True)
 class Check:
-    kind: str  # title / certificate / assessment / team / dept_catalogue
+    kind: str  # title / certificate / assessment / team / project / restricted_filing / dept_catalogue
     requirement: str  # what the rule asks, e.g. 主治医师及以上
     met: bool
     message: str = ""  # why not, when not met
@@ -255,6 +276,13 @@ def evaluate(item: PrivilegeItem, facts: Facts, *, projects: dict[str, Any] | No
                                 f"非项目团队成员：新技术新项目 {project.number} 仅限项目负责人及团队成员申请"))
         else:
             checks.append(Check("team", need, True))
+        if project is not None and str(project.status) == "suspended":
+            checks.append(Check("project", "项目正常开展", False,
+                                f"新技术新项目 {project.number} 已中止（暂停开展），中止期间不能新授权"))
+    if item.category is not None and item.category.code == RESTRICTED_CATEGORY:
+        met = item.id in facts.filed_restricted
+        checks.append(Check("restricted_filing", "本科室已获准开展该限制类技术", met, "" if met else
+                            f"{facts.dept_name or '本科室'}未获准开展该限制类技术：须先经限制类技术审批通过"))
     if facts.dept_items is not None and dept_catalogue.restricts(item):
         met = item.id in facts.dept_items
         checks.append(Check("dept_catalogue", "本科室技术目录内", met,

@@ -191,6 +191,18 @@ def test_a_new_tech_item_is_for_the_project_team_only(db_session, user, item, fa
     assert "未找到该项目的立项记录" in _errors(err)["item_ids/0"]
 
 
+def test_a_suspended_new_tech_project_takes_no_new_holders(db_session, user, fake_start):
+    project, nt = _project(db_session, user, team=["刘医生 住院医师 助手"])
+    project.status = "suspended"  # 中止 at its follow-up review
+    db_session.flush()
+    with pytest.raises(ValidationFailed) as err:
+        services.create_application(applicant=user("gs_doc2"), item_ids=[nt.id], reason="团队成员")
+    assert _errors(err)["item_ids/0"] == f"新技术新项目 {project.number} 已中止（暂停开展），中止期间不能新授权"
+    project.status = "tracking"  # resumed
+    db_session.flush()
+    assert services.create_application(applicant=user("gs_doc2"), item_ids=[nt.id], reason="团队成员").id
+
+
 def test_batch_rows_report_each_unfit_physician_and_the_override_grants_them(db_session, user, item):
     mao, gs = user("mao"), user("gs_doc").dept_id
     ids = [user("gs_doc").id, user("gs_doc2").id]

@@ -20,26 +20,10 @@ from app.privileges.models import DeptCatalogueItem, Grant, PrivilegeItem
 from app.technology.models import HighRiskAuthorization, HighRiskItem, RestrictedTechnology
 from app.technology.services import high_risk, restricted
 from app.workflow import services as wf
+from tests.conftest import check_privilege
 from tests.technology.test_restricted import _through_ethics
 
-URL = "/api/v1/privileges/check"
-
-
-@pytest.fixture(autouse=True)
-def fresh_check_cache(app):
-    """An empty check index per test: rolled-back transactions of earlier tests reuse version numbers."""
-    from app.privileges import check
-
-    app.extensions[check.EXTENSION] = check.CheckCache(app)
-
-
-@pytest.fixture
-def his(db_session):
-    from app.auth.services import create_api_token
-
-    token = create_api_token(system="HIS")
-    db_session.commit()
-    return {"Authorization": f"Bearer {token}"}
+pytestmark = pytest.mark.usefixtures("fresh_check_cache")  # the HIS check API answers below
 
 
 @pytest.fixture
@@ -48,9 +32,7 @@ def ask(client, his, db_session):
 
     def _ask(staff_no: str, category: str, code: str) -> dict:
         db_session.commit()
-        resp = client.get(URL, query_string={"staff_no": staff_no, "category": category, "code": code}, headers=his)
-        assert resp.status_code == 200, resp.get_data(as_text=True)
-        return resp.get_json()
+        return check_privilege(client, his, staff_no, category, code)
 
     return _ask
 
@@ -170,6 +152,10 @@ def test_the_annual_review_stop_suspends_the_department_grants_and_filing_again_
                                    annual_interval="PT1S")
     _approve_and_file(application, do, ready, user, db_session, "浙卫备2026-101")
     doc, head = _grant(user, "CARD", ["card_doc", "card_head"], "RT-10")
+    with pytest.raises(privileges.BatchRejected):  # another department may not until it is approved itself
+        _grant(user, "GS", ["gs_head"], "RT-10")
+    gs_application = restricted.apply(applicant=user("gs_head"), data={"technology_id": tech.id, "conditions": "条件"})
+    _approve_and_file(gs_application, do, ready, user, db_session, "浙卫备2026-102")
     [other] = _grant(user, "GS", ["gs_head"], "RT-10")  # another department, with its own filing
     assert ask("D2002", "restricted_tech", "RT-10")["allowed"] is True
     time.sleep(1.1)
