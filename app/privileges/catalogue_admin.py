@@ -53,6 +53,7 @@ from app.privileges import eligibility
 from app.privileges.catalogue import DATA_DIR, GRADE_NAMES, shared_data_dir
 from app.privileges.data import build
 from app.privileges.models import Grant, GrantStatus, PrivilegeCategory, PrivilegeItem
+from app.privileges.services import HIS_CHANNEL
 
 # ---------------------------------------------------------------- rules
 
@@ -471,6 +472,20 @@ def active_grant_counts(item_ids: Sequence[int], *, on: date | None = None) -> d
     return {int(item_id): int(n) for item_id, n in rows}
 
 
+ITEM_EVENT = "privilege.item_changed"
+
+
+def push_item_change(item: PrivilegeItem, *, reason: str, active_grants: int | None = None) -> Any:
+    """Tell HIS that a catalogue item was retired or brought back (one message for the item, ordered per item):
+    its holders' grants are kept, so HIS learns it here rather than from a message per grant."""
+    from app.outbox import services as outbox
+
+    payload = {"code": item.code, "name": item.name, "category": item.category.code if item.category else None,
+               "procedure_code": item.procedure_code, "active": bool(item.is_active), "reason": reason,
+               "active_grants": active_grants, "changed_at": today().isoformat()}
+    return outbox.enqueue(channel=HIS_CHANNEL, event=ITEM_EVENT, payload=payload, key=f"item:{item.code}")
+
+
 def _retire(item: PrivilegeItem, *, reason: str, actor: User, extra: dict[str, Any] | None = None) -> int:
     held = active_grant_counts([item.id]).get(item.id, 0)
     before = _snapshot(item)
@@ -478,6 +493,7 @@ def _retire(item: PrivilegeItem, *, reason: str, actor: User, extra: dict[str, A
     db.session.flush()
     audit.record(actor, "privilege.catalogue_item_retired", item, before=before, after=_snapshot(item),
                  reason=reason, active_grants=held, **(extra or {}))
+    push_item_change(item, reason=reason, active_grants=held)
     return held
 
 
@@ -506,6 +522,7 @@ def reactivate_item(*, item: PrivilegeItem, reason: str, actor: User) -> Privile
     db.session.flush()
     audit.record(actor, "privilege.catalogue_item_reactivated", item, before=before, after=_snapshot(item),
                  reason=text)
+    push_item_change(item, reason=text, active_grants=active_grant_counts([item.id]).get(item.id, 0))
     return item
 
 

@@ -305,6 +305,13 @@ def test_retiring_an_item_with_grants_is_seen_by_the_check_api_and_reactivating_
     assert rx.is_active and _check(client, his, "D1002", "basic", "BASIC-RX")["allowed"] is True
     [row] = _audits(db_session, "privilege.catalogue_item_reactivated", rx)
     assert row.extra == {"reason": "误停用"}
+    # HIS is told of the item once per change (its holders' grants are kept, so no message per grant)
+    from app.outbox.models import OutboxMessage
+
+    pushed = [(m.payload["active"], m.payload["reason"], m.payload["active_grants"]) for m in db_session.scalars(
+        select(OutboxMessage).where(OutboxMessage.channel == "his", OutboxMessage.event == "privilege.item_changed",
+                                    OutboxMessage.key == "item:BASIC-RX").order_by(OutboxMessage.id))]
+    assert pushed == [(False, "国家目录调整", 1), (True, "误停用", 1)]
 
 
 # ---------------------------------------------------------------- categories
