@@ -26,6 +26,8 @@ from urllib.parse import quote_plus
 
 import requests
 
+from connectors._http import call, json_answer
+
 DEFAULT_API_BASE = "https://oapi.dingtalk.com"
 TOKEN_PATH = "/gettoken"
 SEND_PATH = "/topapi/message/corpconversation/asyncsend_v2"
@@ -38,29 +40,11 @@ _tokens: dict[tuple[str, str], tuple[str, float]] = {}
 _tokens_lock = threading.Lock()
 
 
-def _json(resp: requests.Response, what: str) -> dict[str, Any]:
-    if not 200 <= resp.status_code < 300:
-        text = (resp.text or "").strip().replace("\n", " ")[:300]
-        raise RuntimeError(f"{what}返回 HTTP {resp.status_code}：{text}")
-    try:
-        data = resp.json()
-    except ValueError as exc:
-        raise RuntimeError(f"{what}返回的不是 JSON：{(resp.text or '')[:200]}") from exc
+def _call(method: str, url: str, what: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
+    data = json_answer(call(_session, method, url, what=what, timeout=timeout, **kwargs), what)
     if not isinstance(data, dict):
         raise RuntimeError(f"{what}返回格式不正确：{str(data)[:200]}")
     return data
-
-
-def _call(method: str, url: str, what: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
-    try:
-        resp = _session.request(method, url, timeout=timeout, **kwargs)
-    except requests.Timeout as exc:
-        raise RuntimeError(f"{what}超时（{timeout:g} 秒）") from exc
-    except requests.ConnectionError as exc:
-        raise RuntimeError(f"无法连接{what}（{type(exc).__name__}）") from exc
-    except requests.RequestException as exc:
-        raise RuntimeError(f"{what}调用失败：{exc}") from exc
-    return _json(resp, what)
 
 
 def access_token(*, base: str, appkey: str, appsecret: str, timeout: float = 10) -> str:

@@ -15,6 +15,7 @@ import requests
 
 from app.outbox.models import OutboxMessage
 from app.outbox.services import ChannelNotConfigured
+from connectors._http import call
 
 CHANNEL = "his"
 NOT_CONFIGURED = "未配置 HIS 接口地址"
@@ -51,14 +52,4 @@ def post(message: OutboxMessage, *, url_setting: str, token_setting: str, not_co
     if token:
         headers["Authorization"] = f"Bearer {token}"
     timeout = float(_setting("HIS_TIMEOUT_SECONDS") or 10)
-    try:
-        resp = _session.post(url, json=body(message), headers=headers, timeout=timeout)
-    except requests.Timeout as exc:
-        raise RuntimeError(f"HIS 接口超时（{timeout:g} 秒）：{url}") from exc
-    except requests.ConnectionError as exc:
-        raise RuntimeError(f"无法连接 HIS 接口：{url}（{type(exc).__name__}）") from exc
-    except requests.RequestException as exc:
-        raise RuntimeError(f"HIS 接口调用失败：{exc}") from exc
-    if not 200 <= resp.status_code < 300:
-        text = (resp.text or "").strip().replace("\n", " ")[:300]
-        raise RuntimeError(f"HIS 接口返回 HTTP {resp.status_code}：{text}")
+    call(_session, "POST", url, what="HIS 接口", target=url, timeout=timeout, json=body(message), headers=headers)

@@ -32,6 +32,8 @@ from typing import Any
 
 import requests
 
+from connectors._http import call, json_answer
+
 DEFAULT_API_BASE = "https://openplatform-pro.ding.zj.gov.cn"
 WORK_NOTICE_PATH = "/message/workNotification"
 BEIJING = timezone(timedelta(hours=8))
@@ -80,21 +82,9 @@ def send_work_notice(*, base: str, app_key: str, app_secret: str, tenant_id: str
     headers = signed_headers(method="POST", path=WORK_NOTICE_PATH, params=params, app_key=app_key,
                              app_secret=app_secret, client_ip=client_ip, client_mac=client_mac)
     what = "浙政钉工作通知接口"
-    try:
-        resp = _session.post(f"{base}{WORK_NOTICE_PATH}", data=params, headers=headers, timeout=timeout)
-    except requests.Timeout as exc:
-        raise RuntimeError(f"{what}超时（{timeout:g} 秒）") from exc
-    except requests.ConnectionError as exc:
-        raise RuntimeError(f"无法连接{what}（{type(exc).__name__}）") from exc
-    except requests.RequestException as exc:
-        raise RuntimeError(f"{what}调用失败：{exc}") from exc
-    if not 200 <= resp.status_code < 300:
-        text = (resp.text or "").strip().replace("\n", " ")[:300]
-        raise RuntimeError(f"{what}返回 HTTP {resp.status_code}：{text}")
-    try:
-        data = resp.json()
-    except ValueError as exc:
-        raise RuntimeError(f"{what}返回的不是 JSON：{(resp.text or '')[:200]}") from exc
+    resp = call(_session, "POST", f"{base}{WORK_NOTICE_PATH}", what=what, timeout=timeout, data=params,
+                headers=headers)
+    data = json_answer(resp, what)
     content_part = data.get("content") if isinstance(data, dict) else None
     ok = isinstance(data, dict) and data.get("success") is True
     if ok and isinstance(content_part, dict) and content_part.get("success") is False:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -64,17 +66,48 @@ class IsolatedClient(FlaskClient):
             return super().open(*args, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def app():
-    ensure_database(PG_URL)
-    application = create_app(make_config(PG_URL))
-    application.test_client_class = IsolatedClient
+def demo_app(url: str, **config) -> Flask:
+    """An app on `url` (created if missing) with the schema rebuilt and the demo data committed."""
+    ensure_database(url)
+    application = create_app(make_config(url, **config))
     reset_schema(application)
     with application.app_context():
         from app.demo import load_demo
 
         load_demo()
         db.session.commit()
+    return application
+
+
+def drop_database(url: str) -> None:
+    """Drop a test database, ending whatever connections still hold it."""
+    u = make_url(url)
+    admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'drop database if exists "{u.database}" with (force)'))
+    admin.dispose()
+
+
+@contextmanager
+def own_database(suffix: str, **config) -> Iterator[tuple[Flask, str]]:
+    """(app, url) on a database of its own, <test db>_<suffix>, with the demo data committed: for tests whose code
+    commits for real (threads, processes, servers, other app instances); disposed and dropped afterwards."""
+    base = make_url(PG_URL)
+    url = base.set(database=f"{base.database}_{suffix}").render_as_string(hide_password=False)
+    application = demo_app(url, **config)
+    try:
+        yield application, url
+    finally:
+        with application.app_context():
+            db.session.remove()
+            db.engine.dispose()
+        drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def app():
+    application = demo_app(PG_URL)
+    application.test_client_class = IsolatedClient
     return application
 
 
@@ -92,6 +125,37 @@ def db_session(app, monkeypatch) -> Iterator:
         outer.rollback()
         conn.close()
         db.session.configure(join_transaction_mode="conditional_savepoint")
+
+
+@pytest.fixture
+def fresh_check_cache(app):
+    """An empty privilege-check index for the test (`pytestmark = pytest.mark.usefixtures("fresh_check_cache")`):
+    the rolled-back transactions of earlier tests reuse version numbers that an index loaded by them would wrongly
+    take for current (in production versions only ever grow)."""
+    from app.privileges import check
+
+    app.extensions[check.EXTENSION] = check.CheckCache(app)
+
+
+@pytest.fixture
+def his(db_session) -> dict[str, str]:
+    """Headers carrying a fresh HIS Bearer token (tests/loops and tests/connectors define their own `his`)."""
+    from app.auth.services import create_api_token
+
+    token = create_api_token(system="HIS")
+    db_session.commit()
+    return {"Authorization": f"Bearer {token}"}
+
+
+CHECK_URL = "/api/v1/privileges/check"
+
+
+def check_privilege(client, headers: dict[str, str], staff_no: str, category: str, code: str) -> dict:
+    """HIS's privilege check for one physician and item: the 200 answer's JSON."""
+    resp = client.get(CHECK_URL, query_string={"staff_no": staff_no, "category": category, "code": code},
+                      headers=headers)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return resp.get_json()
 
 
 @pytest.fixture

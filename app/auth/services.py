@@ -142,6 +142,16 @@ class DataScope:
             return stmt.where(user_col == self.user_id)
         return stmt.where(false())
 
+    def departments(self) -> list[Department]:
+        """The active departments this scope covers, by code (for filter lists and pickers); a department or
+        self scope covers the user's own department."""
+        stmt = select(Department).where(Department.is_active.is_(True)).order_by(Department.code)
+        if self.level is Scope.GROUP:
+            return list(db.session.scalars(stmt))
+        if self.level is Scope.CAMPUS:
+            return list(db.session.scalars(stmt.where(Department.campus_id == self.campus_id)))
+        return list(db.session.scalars(stmt.where(Department.id == self.dept_id))) if self.dept_id else []
+
 
 def data_scope(user: User, permission: str) -> DataScope:
     """The user's data scope for a permission. Raises Forbidden when the user lacks it."""

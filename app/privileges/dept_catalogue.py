@@ -43,13 +43,7 @@ AUDIT_LABELS = {
 
 def departments(viewer: User) -> list[Department]:
     """Active departments whose catalogue the viewer maintains (own department for a head, all for 医务处)."""
-    scope = data_scope(viewer, PERMISSION)
-    stmt = select(Department).where(Department.is_active.is_(True)).order_by(Department.code)
-    if scope.level.value == "group":
-        return list(db.session.scalars(stmt))
-    if scope.level.value == "campus":
-        return list(db.session.scalars(stmt.where(Department.campus_id == scope.campus_id)))
-    return list(db.session.scalars(stmt.where(Department.id == scope.dept_id))) if scope.dept_id else []
+    return data_scope(viewer, PERMISSION).departments()
 
 
 def get_department(*, viewer: User, dept_id: int | None) -> Department:

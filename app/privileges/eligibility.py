@@ -173,7 +173,7 @@ def _filed_restricted(dept_id: int) -> set[int]:
     physicians be granted them; a stopped, rejected or pending application does not count."""
     from app.technology.models.restricted import RestrictedApplication, RestrictedStatus, RestrictedTechnology
 
-    return {int(i) for i in db.session.scalars(
+    return {int(i) for i in db.session.scalars(  # type: ignore[arg-type]  # NULLs are filtered out below
         select(RestrictedTechnology.privilege_item_id)
         .join(RestrictedApplication, RestrictedApplication.technology_id == RestrictedTechnology.id)
         .where(RestrictedApplication.dept_id == dept_id,

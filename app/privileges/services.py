@@ -527,13 +527,7 @@ def display_status(grant: Grant, on: date | None = None) -> str:
 
 def visible_departments(viewer: User) -> list[Department]:
     """Departments the viewer's privileges.view scope covers (for the filter list)."""
-    scope = data_scope(viewer, "privileges.view")
-    stmt = select(Department).where(Department.is_active.is_(True)).order_by(Department.code)
-    if scope.level.value == "group":
-        return list(db.session.scalars(stmt))
-    if scope.level.value == "campus":
-        return list(db.session.scalars(stmt.where(Department.campus_id == scope.campus_id)))
-    return list(db.session.scalars(stmt.where(Department.id == scope.dept_id))) if scope.dept_id else []
+    return data_scope(viewer, "privileges.view").departments()
 
 
 def expire_grants(*, on: date | None = None, actor: User | str | None = "medloop-scheduler") -> int:
@@ -1265,13 +1259,7 @@ def department_physicians(*, viewer: User, dept_id: int | None) -> list[User]:
 
 
 def manageable_departments(viewer: User) -> list[Department]:
-    scope = data_scope(viewer, "privileges.manage")
-    stmt = select(Department).where(Department.is_active.is_(True)).order_by(Department.code)
-    if scope.level.value == "group":
-        return list(db.session.scalars(stmt))
-    if scope.level.value == "campus":
-        return list(db.session.scalars(stmt.where(Department.campus_id == scope.campus_id)))
-    return list(db.session.scalars(stmt.where(Department.id == scope.dept_id))) if scope.dept_id else []
+    return data_scope(viewer, "privileges.manage").departments()
 
 
 # ---------------------------------------------------------------- 到期与再授权提醒

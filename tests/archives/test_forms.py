@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import html as htmllib
 import io
-import re
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -19,9 +17,9 @@ from app.archives import certificates, departure, services
 from app.archives.models import Certificate, CertificateType, Departure
 from app.errors import ValidationFailed
 from app.forms import editor
-from app.forms import services as forms
 from app.forms import start as start_forms
 from tests.archives.conftest import PDF
+from tests.forms.helpers import add_field, field_error, page_text
 
 
 def _count(db_session, model) -> int:
@@ -34,26 +32,6 @@ def _latest(db_session, model):
 
 def _type_id(db_session, code: str) -> int:
     return db_session.scalar(select(CertificateType.id).where(CertificateType.code == code))
-
-
-def _add_field(key: str, actor, **row: Any):
-    """Add a field to the latest template through the form editor, as the office would."""
-    form = forms.get_form(key)
-    state = editor.state_from_form(form.schema, form.ui, version=form.version)
-    state.rows.append(editor.FieldRow(**row))
-    saved, changed = editor.save(key=key, state=state, actor=actor)
-    assert changed
-    return saved
-
-
-def _text(html: str) -> str:
-    return htmllib.unescape(re.sub(r"<[^>]+>", " ", html))
-
-
-def _field_error(page: str, path: str) -> str | None:
-    found = re.search(rf'<div class="form-field has-error[^"]*"[^>]*data-field="{path}".*?'
-                      rf'<div class="field-error" id="f-{path}-error" role="alert">([^<]*)</div>', page, re.S)
-    return htmllib.unescape(found.group(1)) if found else None
 
 
 # ---------------------------------------------------------------- 登记离职
@@ -86,13 +64,13 @@ def test_bad_departure_is_one_400_naming_each_field_and_changes_nothing(deployed
                 "reason": "“离职原因”为必填项"}
     for path, message in expected.items():
         assert f"<code>{path}</code>：{message}" in htmllib.unescape(page), path
-        assert _field_error(page, path) == message, path
+        assert field_error(page, path) == message, path
     # a date after today is the service's business rule, reported the same way
     resp = client.post(f"/archives/{doc.id}/departure", data={
         "csrf_token": token, "kind": "resignation", "reason": "个人原因",
         "departure_date": (services.today() + timedelta(days=3)).isoformat()})
     page = resp.get_data(as_text=True)
-    assert resp.status_code == 400 and "离职日期不能晚于今天" in _field_error(page, "departure_date")
+    assert resp.status_code == 400 and "离职日期不能晚于今天" in field_error(page, "departure_date")
     assert "个人原因" in page  # what was typed is shown back
     db_session.refresh(doc)
     assert doc.departed_at is None and doc.is_active and _count(db_session, Departure) == before
@@ -104,8 +82,8 @@ def test_a_field_the_office_adds_to_the_departure_is_asked_checked_stored_and_sh
     old = departure.register_departure(staff=make_staff(), kind="retirement", departure_date=services.today(),
                                        reason="退休", actor=user("mao"))
     assert (old.form_version, old.form_data) == (first.version, {})
-    _add_field("archive_departure", user("mao"), name="handover", title="工作交接情况", type="radio", required=True,
-               options="done|已交接\npending|未交接", help="病历、设备与科研资料")
+    add_field("archive_departure", user("mao"), name="handover", title="工作交接情况", type="radio", required=True,
+              options="done|已交接\npending|未交接", help="病历、设备与科研资料")
     latest = start_forms.start_form("archive_departure")
     assert latest.version > first.version
 
@@ -121,13 +99,13 @@ def test_a_field_the_office_adds_to_the_departure_is_asked_checked_stored_and_sh
     assert doc.departed_at is None
 
     resp = client.post(f"/archives/{doc.id}/departure", data={**good, "handover": "pending"})
-    assert resp.status_code == 302, _text(resp.get_data(as_text=True))[:2000]
+    assert resp.status_code == 302, page_text(resp.get_data(as_text=True))[:2000]
     row = db_session.scalar(select(Departure).where(Departure.user_id == doc.id))
     assert (row.kind, row.reason) == ("resignation", "个人原因辞职")
     assert (row.form_version, row.form_data) == (latest.version, {"handover": "pending"})
     detail = client.get(f"/archives/departures/{row.id}").get_data(as_text=True)
     assert 'id="form-extras"' in detail
-    extras = _text(detail[detail.index('id="form-extras"'):])
+    extras = page_text(detail[detail.index('id="form-extras"'):])
     assert "工作交接情况" in extras and "未交接" in extras
     # the one registered on the shipped version shows no extra fields
     assert 'id="form-extras"' not in client.get(f"/archives/departures/{old.id}").get_data(as_text=True)
@@ -164,7 +142,7 @@ def test_bad_certificate_is_one_400_naming_each_field_and_stores_nothing(deploye
                 "issue_date": "“发证日期”应为有效的日期（如 2024-05-01）"}
     for path, message in expected.items():
         assert f"<code>{path}</code>：{message}" in htmllib.unescape(page), path
-        assert _field_error(page, path) == message, path
+        assert field_error(page, path) == message, path
     assert "<code>files/0</code>" in page and "不是有效的 JPG、PNG 或 PDF" in page  # the page's own upload field
     assert "N" * 65 in page
     assert _count(db_session, Certificate) == before
@@ -178,8 +156,8 @@ def test_a_field_the_office_adds_to_certificates_is_stored_shown_and_kept_on_edi
     old = certificates.add_certificate(staff=doc, actor=user("mao"), data=certificates.CertificateInput(
         type_id=_type_id(db_session, "degree"), number="DEG-OLD"))
     assert (old.form_version, old.form_data) == (first.version, {})
-    _add_field("archive_certificate", user("mao"), name="verified", title="原件核验", type="radio", required=True,
-               options="yes|已核验原件\nno|未核验")
+    add_field("archive_certificate", user("mao"), name="verified", title="原件核验", type="radio", required=True,
+              options="yes|已核验原件\nno|未核验")
     latest = start_forms.start_form("archive_certificate")
 
     token = login("mao")
@@ -191,7 +169,7 @@ def test_a_field_the_office_adds_to_certificates_is_stored_shown_and_kept_on_edi
     assert not upload_dir.exists() or not any(upload_dir.rglob("*.*"))
     resp = client.post(f"/archives/{doc.id}/certificates/new", content_type="multipart/form-data",
                        data={**good, "verified": "yes", "files": [(io.BytesIO(PDF), "毕业证.pdf")]})
-    assert resp.status_code == 302, _text(resp.get_data(as_text=True))[:2000]
+    assert resp.status_code == 302, page_text(resp.get_data(as_text=True))[:2000]
     cert = _latest(db_session, Certificate)
     assert (cert.number, cert.issuer, str(cert.issue_date)) == ("DIP-1", "浙江大学", "2015-07-01")
     assert (cert.form_version, cert.form_data) == (latest.version, {"verified": "yes"})
@@ -205,7 +183,7 @@ def test_a_field_the_office_adds_to_certificates_is_stored_shown_and_kept_on_edi
     assert '<option value="yes" selected>已核验原件</option>' in page and 'value="DIP-1"' in page
     resp = client.post(f"/archives/certificates/{cert.id}/edit", content_type="multipart/form-data",
                        data={**good, "number": "DIP-2", "verified": "no"})
-    assert resp.status_code == 302, _text(resp.get_data(as_text=True))[:2000]
+    assert resp.status_code == 302, page_text(resp.get_data(as_text=True))[:2000]
     db_session.refresh(cert)
     assert (cert.number, cert.form_data) == ("DIP-2", {"verified": "no"})
     # a service call without the office's fields keeps the ones stored

@@ -5,36 +5,24 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
-from app import create_app
 from app.db import db
-from tests.conftest import PG_URL, ensure_database, make_config, reset_schema
+from tests.conftest import own_database
 
 
 @pytest.fixture(scope="session")
 def live():
     """A MedLoop on <test db>_connectors with the demo data, served by werkzeug on 127.0.0.1."""
-    base = make_url(PG_URL)
-    url = base.set(database=f"{base.database}_connectors").render_as_string(hide_password=False)
-    ensure_database(url)
-    application = create_app(make_config(url))
-    reset_schema(application)
-    with application.app_context():
-        from app.demo import load_demo
-        from app.loops import services
+    from app.loops import services
 
-        load_demo()
-        db.session.commit()
+    with own_database("connectors") as (application, _url):
         services.invalidate_types()  # another app in this process may have filled the caches
-    server = make_server("127.0.0.1", 0, application, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield {"url": f"http://127.0.0.1:{server.server_port}", "app": application}
-    server.shutdown()
-    with application.app_context():
-        db.engine.dispose()
+        server = make_server("127.0.0.1", 0, application, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield {"url": f"http://127.0.0.1:{server.server_port}", "app": application}
+        server.shutdown()
 
 
 @pytest.fixture

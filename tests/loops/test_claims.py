@@ -6,37 +6,19 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select, text
 
-from app import create_app
 from app.db import db
 from app.loops import services
 from app.loops.models import EventStatus, LoopEvent, LoopOrder
-from tests.conftest import PG_URL, ensure_database, make_config, reset_schema
+from tests.conftest import own_database
 from tests.loops.test_loops import ev, nodes_of
 
 
 @pytest.fixture(scope="module")
 def claims_app():
-    base = make_url(PG_URL)
-    url = base.set(database=f"{base.database}_claims").render_as_string(hide_password=False)
-    ensure_database(url)
-    application = create_app(make_config(url))
-    reset_schema(application)
-    with application.app_context():
-        from app.demo import load_demo
-
-        load_demo()
-        db.session.commit()
-    yield application
-    with application.app_context():
-        db.session.remove()
-        db.engine.dispose()
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'drop database if exists "{make_url(url).database}" with (force)'))
-    admin.dispose()
+    with own_database("claims") as (application, _url):
+        yield application
 
 
 def test_intake_does_not_wait_for_an_open_batch_and_late_arrivals_are_applied(claims_app, monkeypatch):

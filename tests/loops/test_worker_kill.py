@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Interval, create_engine, func, literal, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import Interval, func, literal, select, text, update
 
-from app import create_app
 from app.db import db, utcnow
 from app.loops import generator, services
 from app.loops.alerts import LoopAlert
@@ -28,7 +26,7 @@ from app.loops.models import EventStatus, LoopEvent, LoopNodeState, LoopOrder
 from app.notify.models import Notification
 from app.outbox.models import OutboxMessage
 from app.workflow.models import ProcessInstance
-from tests.conftest import PG_URL, ensure_database, make_config, reset_schema
+from tests.conftest import own_database
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MEDLOOP = str(Path(sys.executable).parent / "medloop")
@@ -41,24 +39,8 @@ POLLS = 3000  # bound on those looks (a minute)
 @pytest.fixture(scope="module")
 def kill_db():
     """(app, url, now): a database of its own, since the workers commit; dropped afterwards."""
-    base = make_url(PG_URL)
-    url = base.set(database=f"{base.database}_workerkill").render_as_string(hide_password=False)
-    ensure_database(url)
-    application = create_app(make_config(url))
-    reset_schema(application)
-    with application.app_context():
-        from app.demo import load_demo
-
-        load_demo()
-        db.session.commit()
-    yield application, url, utcnow()
-    with application.app_context():
-        db.session.remove()
-        db.engine.dispose()
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'drop database if exists "{make_url(url).database}" with (force)'))
-    admin.dispose()
+    with own_database("workerkill") as (application, url):
+        yield application, url, utcnow()
 
 
 def feed(prefix: str, now) -> list[dict[str, Any]]:

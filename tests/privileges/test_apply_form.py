@@ -9,17 +9,16 @@ from __future__ import annotations
 import html as htmllib
 import re
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from app.errors import ValidationFailed
 from app.forms import editor
-from app.forms import services as forms
 from app.forms import start as start_forms
 from app.privileges import services
 from app.privileges.models import EmergencyGrant, PrivilegeApplication
+from tests.forms.helpers import add_field, field_error, page_text
 
 
 def _count(db_session, model) -> int:
@@ -28,27 +27,6 @@ def _count(db_session, model) -> int:
 
 def _latest(db_session, model):
     return db_session.scalars(select(model).order_by(model.id.desc())).first()
-
-
-def _add_field(key: str, actor, **row: Any):
-    """Add a field to the latest template through the form editor, as the office would."""
-    form = forms.get_form(key)
-    state = editor.state_from_form(form.schema, form.ui, version=form.version)
-    state.rows.append(editor.FieldRow(**row))
-    saved, changed = editor.save(key=key, state=state, actor=actor)
-    assert changed
-    return saved
-
-
-def _text(html: str) -> str:
-    return htmllib.unescape(re.sub(r"<[^>]+>", " ", html))
-
-
-def _field_error(page: str, path: str) -> str | None:
-    """The message shown on the field itself (the template's per-field error box)."""
-    found = re.search(rf'<div class="form-field has-error[^"]*"[^>]*data-field="{path}".*?'
-                      rf'<div class="field-error" id="f-{path}-error" role="alert">([^<]*)</div>', page, re.S)
-    return htmllib.unescape(found.group(1)) if found else None
 
 
 # ---------------------------------------------------------------- 申请医疗权限
@@ -93,7 +71,7 @@ def test_bad_application_is_one_400_naming_each_field_and_writes_nothing(client,
     expected = {"item_ids/0": "“授权项目”应为整数", "item_ids/1": "授权项目不存在", "reason": "“申请理由”最多 2000 个字符"}
     for path, message in expected.items():
         assert f"<code>{path}</code>：{message}" in htmllib.unescape(page), path
-    assert _field_error(page, "reason") == "“申请理由”最多 2000 个字符"
+    assert field_error(page, "reason") == "“申请理由”最多 2000 个字符"
     assert "x" * 2001 in page  # what was typed is shown back
     assert re.search(rf'value="{diag.id}"[^>]*checked', page)  # and the ticked item stays ticked
     # nothing ticked and no reason: the template's required fields
@@ -119,15 +97,15 @@ def test_a_field_the_office_adds_to_the_application_is_asked_checked_stored_and_
     token = login("gs_doc")
     resp = client.post("/privileges/apply", data={"csrf_token": token, "item_ids": [str(item("BASIC-DIAG").id)],
                                                   "reason": "门诊诊疗需要"})
-    assert resp.status_code == 302, _text(resp.get_data(as_text=True))[:2000]
+    assert resp.status_code == 302, page_text(resp.get_data(as_text=True))[:2000]
     old = _latest(db_session, PrivilegeApplication)
     assert (old.form_version, old.form_data) == (first.version, {})
     assert "其他申请信息" not in client.get(f"/privileges/applications/{old.id}").get_data(as_text=True)
 
     mao = user("mao")
-    _add_field("privilege_apply", mao, name="training", title="相关培训", type="radio", required=True,
-               options="none|未参加\nprovincial|省级进修", help="按培训证明填写")
-    _add_field("privilege_apply", mao, name="cases_done", title="已完成例数", type="integer", min="0", max="10000")
+    add_field("privilege_apply", mao, name="training", title="相关培训", type="radio", required=True,
+              options="none|未参加\nprovincial|省级进修", help="按培训证明填写")
+    add_field("privilege_apply", mao, name="cases_done", title="已完成例数", type="integer", min="0", max="10000")
     latest = start_forms.start_form("privilege_apply")
     assert latest.version > first.version
 
@@ -139,17 +117,17 @@ def test_a_field_the_office_adds_to_the_application_is_asked_checked_stored_and_
     page = htmllib.unescape(resp.get_data(as_text=True))
     assert resp.status_code == 400 and _count(db_session, PrivilegeApplication) == before
     assert "<code>training</code>：“相关培训”为必填项" in page and "<code>cases_done</code>：“已完成例数”应为整数" in page
-    assert _field_error(resp.get_data(as_text=True), "cases_done") == "“已完成例数”应为整数"
+    assert field_error(resp.get_data(as_text=True), "cases_done") == "“已完成例数”应为整数"
 
     resp = client.post("/privileges/apply", data={**good, "training": "provincial", "cases_done": "30"})
-    assert resp.status_code == 302, _text(resp.get_data(as_text=True))[:2000]
+    assert resp.status_code == 302, page_text(resp.get_data(as_text=True))[:2000]
     row = _latest(db_session, PrivilegeApplication)
     assert row.id != old.id and row.reason == "门诊处方需要" and [ai.item.code for ai in row.items] == ["BASIC-RX"]
     assert (row.form_version, row.form_data) == (latest.version, {"training": "provincial", "cases_done": 30})
 
     detail = client.get(f"/privileges/applications/{row.id}").get_data(as_text=True)
     assert 'id="form-extras"' in detail
-    extras = _text(detail[detail.index('id="form-extras"'):])
+    extras = page_text(detail[detail.index('id="form-extras"'):])
     assert "相关培训" in extras and "省级进修" in extras and "已完成例数" in extras and "30" in extras
     # the reviewers' task context shows them too
     from app.privileges import flow
@@ -210,7 +188,7 @@ def test_a_field_the_office_adds_to_the_emergency_form_is_stored_and_shown(
     token = login("mao")
     good = {"csrf_token": token, "staff_no": "D1003", "item_code": "SP-ABX-3", "hours": "24",
             "reason": "抢救：重症肺炎，无高级职称医师在场", "patient_ref": "ZY0001"}
-    _add_field("privilege_emergency", user("mao"), name="approver", title="批准的院领导", type="text", required=True)
+    add_field("privilege_emergency", user("mao"), name="approver", title="批准的院领导", type="text", required=True)
     latest = start_forms.start_form("privilege_emergency")
     assert latest.version > first.version
     assert "批准的院领导" in client.get("/privileges/manage/emergency/new").get_data(as_text=True)
@@ -223,7 +201,7 @@ def test_a_field_the_office_adds_to_the_emergency_form_is_stored_and_shown(
     assert "重症肺炎" in page and 'value="ZY0001"' in page  # what was typed is shown back
 
     resp = client.post("/privileges/manage/emergency/new", data={**good, "approver": "李副院长"})
-    assert resp.status_code == 302, _text(resp.get_data(as_text=True))[:2000]
+    assert resp.status_code == 302, page_text(resp.get_data(as_text=True))[:2000]
     row = _latest(db_session, EmergencyGrant)
     assert (row.hours, row.reason, row.patient_ref) == (24, "抢救：重症肺炎，无高级职称医师在场", "ZY0001")
     assert (row.form_version, row.form_data) == (latest.version, {"approver": "李副院长"})

@@ -12,39 +12,18 @@ from app.outbox.models import OutboxMessage
 from app.privileges import check as checker
 from app.privileges import services
 from app.privileges.models import GrantStatus
+from tests.conftest import check_privilege
 
 URL = "/api/v1/privileges/check"
 
 
-@pytest.fixture(autouse=True)
-def fresh_check_cache(app):
-    """Each test starts with an empty index: the rolled-back transactions of earlier tests reuse version numbers
-    that an index loaded by them would wrongly take for current (in production versions only ever grow)."""
-    from app.privileges import check
-
-    app.extensions[check.EXTENSION] = check.CheckCache(app)
-
-
-@pytest.fixture
-def his(db_session):
-    """Headers carrying a fresh HIS Bearer token."""
-    from app.auth.services import create_api_token
-
-    token = create_api_token(system="HIS")
-    db_session.commit()
-    return {"Authorization": f"Bearer {token}"}
-
-
-def _get(client, headers, staff_no, category, code):
-    resp = client.get(URL, query_string={"staff_no": staff_no, "category": category, "code": code}, headers=headers)
-    assert resp.status_code == 200, resp.get_data(as_text=True)
-    return resp.get_json()
+pytestmark = pytest.mark.usefixtures("fresh_check_cache")
 
 
 def test_an_effective_grant_is_allowed(client, his, user, item, make_grant, db_session):
     grant = make_grant(user("gs_doc"), item("BASIC-CONSULT"), days_left=100)
     db_session.commit()
-    body = _get(client, his, "D1002", "basic", "BASIC-CONSULT")
+    body = check_privilege(client, his, "D1002", "basic", "BASIC-CONSULT")
     assert body["allowed"] is True and body["reason"].startswith("已授权")
     assert body["grant"] == {"id": grant.id, "valid_from": grant.valid_from.isoformat(),
                              "valid_until": grant.valid_until.isoformat(), "status": "active", "expires_at": None}
@@ -55,9 +34,9 @@ def test_surgery_is_checked_by_its_procedure_code_too(client, his, user, surgery
     op = surgery_item(3)
     make_grant(user("gs_doc"), op)
     db_session.commit()
-    assert _get(client, his, "D1002", "surgery", op.procedure_code)["allowed"] is True
-    assert _get(client, his, "D1002", "surgery", op.code)["allowed"] is True
-    assert _get(client, his, "D1003", "surgery", op.procedure_code)["reason"] == "未获得该项授权"
+    assert check_privilege(client, his, "D1002", "surgery", op.procedure_code)["allowed"] is True
+    assert check_privilege(client, his, "D1002", "surgery", op.code)["allowed"] is True
+    assert check_privilege(client, his, "D1003", "surgery", op.procedure_code)["reason"] == "未获得该项授权"
 
 
 def test_denials_name_the_reason(client, his, user, item, make_grant, db_session):
@@ -78,38 +57,38 @@ def test_denials_name_the_reason(client, his, user, item, make_grant, db_session
         ("D1002", "special", "BASIC-DIAG"): "授权项目不存在",  # right code, wrong category
     }
     for (staff_no, category, code), reason in cases.items():
-        body = _get(client, his, staff_no, category, code)
+        body = check_privilege(client, his, staff_no, category, code)
         assert body["allowed"] is False and reason in body["reason"], (code, body)
-    assert _get(client, his, "D1002", "basic", "BASIC-RX")["grant"]["status"] == "expired"
-    assert _get(client, his, "NOBODY", "basic", "BASIC-DIAG")["grant"] is None
+    assert check_privilege(client, his, "D1002", "basic", "BASIC-RX")["grant"]["status"] == "expired"
+    assert check_privilege(client, his, "NOBODY", "basic", "BASIC-DIAG")["grant"] is None
 
 
 def test_a_suspension_is_seen_by_the_very_next_check(client, his, user, item, make_grant, db_session):
     grant = make_grant(user("gs_doc"), item("BASIC-CONSULT"))
     db_session.commit()
-    assert _get(client, his, "D1002", "basic", "BASIC-CONSULT")["allowed"] is True  # the index is now loaded
+    assert check_privilege(client, his, "D1002", "basic", "BASIC-CONSULT")["allowed"] is True  # the index is now loaded
     services.suspend_grant(grant=grant, reason="医疗安全事件调查期间暂停", actor=user("mao"))
     db_session.commit()
-    body = _get(client, his, "D1002", "basic", "BASIC-CONSULT")
+    body = check_privilege(client, his, "D1002", "basic", "BASIC-CONSULT")
     assert body["allowed"] is False and body["reason"] == "授权已暂停：医疗安全事件调查期间暂停"
     assert body["grant"]["status"] == "suspended"
     services.resume_grant(grant=grant, reason="调查结束", actor=user("mao"))
     db_session.commit()
-    assert _get(client, his, "D1002", "basic", "BASIC-CONSULT")["allowed"] is True
+    assert check_privilege(client, his, "D1002", "basic", "BASIC-CONSULT")["allowed"] is True
     services.revoke_grant(grant=grant, reason="考核不合格", actor=user("mao"))
     db_session.commit()
-    assert _get(client, his, "D1002", "basic", "BASIC-CONSULT")["reason"] == "授权已停止：考核不合格"
+    assert check_privilege(client, his, "D1002", "basic", "BASIC-CONSULT")["reason"] == "授权已停止：考核不合格"
 
 
 def test_new_grants_and_expiry_are_seen_at_once(client, his, user, item, make_grant, db_session):
-    assert _get(client, his, "D1003", "basic", "BASIC-AUXDIAG")["allowed"] is False
+    assert check_privilege(client, his, "D1003", "basic", "BASIC-AUXDIAG")["allowed"] is False
     grant = make_grant(user("gs_doc2"), item("BASIC-AUXDIAG"), days_left=-1)
     grant.valid_until = services.today() + timedelta(days=10)
     db_session.commit()
-    assert _get(client, his, "D1003", "basic", "BASIC-AUXDIAG")["allowed"] is True
+    assert check_privilege(client, his, "D1003", "basic", "BASIC-AUXDIAG")["allowed"] is True
     services.expire_grants(on=services.today() + timedelta(days=11))
     db_session.commit()
-    assert _get(client, his, "D1003", "basic", "BASIC-AUXDIAG")["reason"].startswith("授权已过期")
+    assert check_privilege(client, his, "D1003", "basic", "BASIC-AUXDIAG")["reason"].startswith("授权已过期")
 
 
 def test_departed_or_disabled_physicians_are_not_allowed(client, his, user, item, make_grant, db_session):
@@ -117,15 +96,15 @@ def test_departed_or_disabled_physicians_are_not_allowed(client, his, user, item
     make_grant(doc, item("BASIC-DIAG"))
     make_grant(other, item("BASIC-DIAG"))
     db_session.commit()
-    assert _get(client, his, "D1002", "basic", "BASIC-DIAG")["allowed"] is True
-    assert _get(client, his, "D2002", "basic", "BASIC-DIAG")["allowed"] is True
+    assert check_privilege(client, his, "D1002", "basic", "BASIC-DIAG")["allowed"] is True
+    assert check_privilege(client, his, "D2002", "basic", "BASIC-DIAG")["allowed"] is True
     other.is_active = False  # disabled in user administration: no privilege service involved
     db_session.commit()
-    assert _get(client, his, "D2002", "basic", "BASIC-DIAG")["reason"] == "该医师账号已停用"
+    assert check_privilege(client, his, "D2002", "basic", "BASIC-DIAG")["reason"] == "该医师账号已停用"
     doc.departed_at = utcnow()
     services.revoke_all_for_departure(user=doc, actor=user("mao"))
     db_session.commit()
-    body = _get(client, his, "D1002", "basic", "BASIC-DIAG")
+    body = check_privilege(client, his, "D1002", "basic", "BASIC-DIAG")
     assert body["allowed"] is False and "离职" in body["reason"]
     pushed = db_session.scalars(select(OutboxMessage).where(OutboxMessage.channel == "his")).all()
     assert [m.payload["status"] for m in pushed if m.payload["staff_no"] == "D1002"] == ["revoked"]
@@ -231,7 +210,7 @@ def test_the_switch_turns_the_index_off(app, db_session, client, his, user, item
     before = cache.reloads
     make_grant(user("gs_doc"), item("BASIC-RX"))
     db_session.commit()
-    assert _get(client, his, "D1002", "basic", "BASIC-RX")["allowed"] is True
+    assert check_privilege(client, his, "D1002", "basic", "BASIC-RX")["allowed"] is True
     assert cache.reloads == before
 
 
@@ -242,7 +221,7 @@ def test_an_unreadable_redis_stamp_falls_back_to_the_database(app, db_session, c
     monkeypatch.setattr(cache, "_redis", None)
     make_grant(user("gs_doc"), item("BASIC-RX"))
     db_session.commit()
-    assert _get(client, his, "D1002", "basic", "BASIC-RX")["allowed"] is True
+    assert check_privilege(client, his, "D1002", "basic", "BASIC-RX")["allowed"] is True
 
 
 def test_the_stamp_lives_in_redis_when_configured():
@@ -269,29 +248,13 @@ def test_grant_changes_are_pushed_to_his_with_the_payload(db_session, user, item
 
 @pytest.fixture(scope="module")
 def shared_url():
-    from sqlalchemy.engine import make_url
-
-    from app import create_app
-    from app.db import db
-    from tests.conftest import PG_URL, ensure_database, make_config, reset_schema
-
-    url = make_url(PG_URL)
-    url = url.set(database=f"{url.database}_privcache").render_as_string(hide_password=False)
-    ensure_database(url)
-    setup = create_app(make_config(url))
-    reset_schema(setup)
-    with setup.app_context():
-        from app.demo import load_demo
-
-        load_demo()
-        db.session.commit()
-        db.engine.dispose()
     import redis
 
-    from tests.conftest import REDIS_URL
+    from tests.conftest import REDIS_URL, own_database
 
-    redis.Redis.from_url(REDIS_URL).delete(checker.REDIS_STAMP_KEY)  # the rebuilt database starts again at 0
-    return url
+    with own_database("privcache") as (_setup, url):
+        redis.Redis.from_url(REDIS_URL).delete(checker.REDIS_STAMP_KEY)  # the rebuilt database starts again at 0
+        yield url
 
 
 def _instance(url: str, redis_url: str | None):
@@ -467,12 +430,12 @@ def test_a_grant_change_patches_only_that_physician_and_a_catalogue_change_reloa
     make_grant(user("gs_doc"), item("BASIC-RX"))
     db_session.commit()
     cache = checker.cache_for(app)
-    assert _get(client, his, "D1002", "basic", "BASIC-RX")["allowed"] is True
+    assert check_privilege(client, his, "D1002", "basic", "BASIC-RX")["allowed"] is True
     full, patches = cache.full_reloads, cache.patches
     other = make_grant(user("card_doc"), item("BASIC-RX"))
     db_session.commit()
-    assert _get(client, his, "D2002", "basic", "BASIC-RX")["allowed"] is True
-    assert _get(client, his, "D1002", "basic", "BASIC-RX")["allowed"] is True  # untouched entries survive
+    assert check_privilege(client, his, "D2002", "basic", "BASIC-RX")["allowed"] is True
+    assert check_privilege(client, his, "D1002", "basic", "BASIC-RX")["allowed"] is True  # untouched entries survive
     assert (cache.full_reloads, cache.patches) == (full, patches + 1)
     from app.privileges.models import PrivilegeIndexChange
 
@@ -481,7 +444,7 @@ def test_a_grant_change_patches_only_that_physician_and_a_catalogue_change_reloa
     assert logged == [other.user_id]
     item("BASIC-RX").is_active = False
     db_session.commit()
-    assert _get(client, his, "D2002", "basic", "BASIC-RX")["reason"] == "该授权项目已停用"
+    assert check_privilege(client, his, "D2002", "basic", "BASIC-RX")["reason"] == "该授权项目已停用"
     assert cache.full_reloads == full + 1
 
 

@@ -16,25 +16,9 @@ from app.privileges.models import Grant, PrivilegeApplication, PrivilegeCategory
 ROOT = Path(__file__).resolve().parents[2]
 from app.workflow import models as wf_models  # noqa: E402
 from app.workflow import services as wf  # noqa: E402
+from tests.conftest import check_privilege  # noqa: E402
 
-CHECK = "/api/v1/privileges/check"
-
-
-@pytest.fixture(autouse=True)
-def fresh_check_cache(app):
-    """Each test starts with an empty index (rolled-back transactions reuse version numbers)."""
-    from app.privileges import check
-
-    app.extensions[check.EXTENSION] = check.CheckCache(app)
-
-
-@pytest.fixture
-def his(db_session):
-    from app.auth.services import create_api_token
-
-    token = create_api_token(system="HIS")
-    db_session.commit()
-    return {"Authorization": f"Bearer {token}"}
+pytestmark = pytest.mark.usefixtures("fresh_check_cache")  # the HIS check API answers below
 
 
 @pytest.fixture
@@ -143,10 +127,8 @@ def test_demo_nurse_applies_online_through_the_flow_to_a_grant_the_check_api_all
     db_session.commit()
 
     for code in ("NUR-PICC", "NUR-CVAD"):
-        resp = client.get(CHECK, query_string={"staff_no": "N1001", "category": "nursing", "code": code}, headers=his)
-        assert resp.status_code == 200 and resp.get_json()["allowed"] is True, resp.get_json()
-    other = client.get(CHECK, query_string={"staff_no": "N1001", "category": "nursing", "code": "NUR-ECMO"},
-                       headers=his).get_json()
+        assert check_privilege(client, his, "N1001", "nursing", code)["allowed"] is True, code
+    other = check_privilege(client, his, "N1001", "nursing", "NUR-ECMO")
     assert other["allowed"] is False and other["reason"] == "未获得该项授权"
     stats = services.privilege_statistics(viewer=user("mao"), year=services.today().year,
                                           month=services.today().month)

@@ -16,33 +16,16 @@ from app.privileges.models import Grant, GrantStatus, PrivilegeItem
 from app.technology.services import new_tech
 from app.workflow import services as wf
 from app.workflow.models import ProcessInstance
+from tests.conftest import check_privilege
 
-CHECK_URL = "/api/v1/privileges/check"
 REASON = "术后发生严重不良事件（肠瘘），暂停开展待调查"
 
 
-@pytest.fixture(autouse=True)
-def fresh_check_cache(app):
-    """An empty check index per test: rolled-back transactions of earlier tests reuse version numbers."""
-    from app.privileges import check
-
-    app.extensions[check.EXTENSION] = check.CheckCache(app)
-
-
-@pytest.fixture
-def his(db_session):
-    from app.auth.services import create_api_token
-
-    token = create_api_token(system="HIS")
-    db_session.commit()
-    return {"Authorization": f"Bearer {token}"}
+pytestmark = pytest.mark.usefixtures("fresh_check_cache")  # the HIS check API answers below
 
 
 def _check(client, headers, staff_no, code):
-    resp = client.get(CHECK_URL, query_string={"staff_no": staff_no, "category": "new_tech", "code": code},
-                      headers=headers)
-    assert resp.status_code == 200, resp.get_data(as_text=True)
-    return resp.get_json()
+    return check_privilege(client, headers, staff_no, "new_tech", code)
 
 
 def _grants(db_session, code):

@@ -13,32 +13,9 @@ from app.privileges import services as privileges
 from app.privileges.models import Grant, GrantStatus, PrivilegeItem
 from app.technology.services import new_tech
 from app.workflow import services as wf
+from tests.conftest import check_privilege
 
-CHECK_URL = "/api/v1/privileges/check"
-
-
-@pytest.fixture(autouse=True)
-def fresh_check_cache(app):
-    """An empty check index per test: rolled-back transactions of earlier tests reuse version numbers."""
-    from app.privileges import check
-
-    app.extensions[check.EXTENSION] = check.CheckCache(app)
-
-
-@pytest.fixture
-def his(db_session):
-    from app.auth.services import create_api_token
-
-    token = create_api_token(system="HIS")
-    db_session.commit()
-    return {"Authorization": f"Bearer {token}"}
-
-
-def _check(client, headers, staff_no, category, code):
-    resp = client.get(CHECK_URL, query_string={"staff_no": staff_no, "category": category, "code": code},
-                      headers=headers)
-    assert resp.status_code == 200, resp.get_data(as_text=True)
-    return resp.get_json()
+pytestmark = pytest.mark.usefixtures("fresh_check_cache")  # the HIS check API answers below
 
 
 def _at_progress_review(make_project, do, ready, user, db_session):
@@ -107,10 +84,10 @@ def test_routine_conversion_creates_the_ordinary_item_and_moves_the_holders(
                and p["reason"] == "已转为常规技术") == 3
 
     db_session.commit()
-    assert _check(client, his, "D1002", "surgery", routine_code)["allowed"] is True
-    assert _check(client, his, "D1003", "surgery", routine_code)["allowed"] is True
-    assert _check(client, his, "D1001", "surgery", routine_code)["allowed"] is False  # was suspended
-    retired = _check(client, his, "D1002", "new_tech", nt_code)
+    assert check_privilege(client, his, "D1002", "surgery", routine_code)["allowed"] is True
+    assert check_privilege(client, his, "D1003", "surgery", routine_code)["allowed"] is True
+    assert check_privilege(client, his, "D1001", "surgery", routine_code)["allowed"] is False  # was suspended
+    retired = check_privilege(client, his, "D1002", "new_tech", nt_code)
     assert retired["allowed"] is False and retired["reason"] == "该授权项目已停用"
 
     login("mao")

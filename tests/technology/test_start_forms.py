@@ -26,6 +26,7 @@ from app.technology.models import (
     RestrictedApplication,
     RestrictedTechnology,
 )
+from tests.forms.helpers import add_field, page_text
 
 
 @dataclass(frozen=True)
@@ -85,20 +86,6 @@ def _good(name: str, db_session, user) -> dict[str, Any]:
 
 def _count(db_session, model) -> int:
     return db_session.scalar(select(func.count()).select_from(model))
-
-
-def _add_field(key: str, actor, **row: Any):
-    """Add a field to the latest template through the form editor, as the office would."""
-    form = forms.get_form(key)
-    state = editor.state_from_form(form.schema, form.ui, version=form.version)
-    state.rows.append(editor.FieldRow(**row))
-    saved, changed = editor.save(key=key, state=state, actor=actor)
-    assert changed
-    return saved
-
-
-def _text(html: str) -> str:
-    return htmllib.unescape(re.sub(r"<[^>]+>", " ", html))
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -177,14 +164,14 @@ def test_a_field_the_office_adds_is_asked_checked_stored_and_shown(name, client,
     # an application on the shipped template has no extra fields
     token = login(case.username)
     resp = client.post(case.url, data={"csrf_token": token, **_good(name, db_session, user)})
-    assert resp.status_code == 302, _text(resp.get_data(as_text=True))[:2000]
+    assert resp.status_code == 302, page_text(resp.get_data(as_text=True))[:2000]
     old = db_session.scalars(select(case.model).order_by(case.model.id.desc())).first()
     assert (old.form_version, old.form_data) == (first.version, {})
     assert "其他申请信息" not in client.get(case.detail.format(id=old.id)).get_data(as_text=True)
 
-    saved = _add_field(case.key, user("mao"), name="funding_source", title="经费来源", type="radio",
-                       required=True, options="hospital|院内课题经费\nprovincial|省级课题经费", help="按立项文件填写")
-    _add_field(case.key, user("mao"), name="budget", title="预算（万元）", type="integer", min="0", max="1000")
+    saved = add_field(case.key, user("mao"), name="funding_source", title="经费来源", type="radio",
+                      required=True, options="hospital|院内课题经费\nprovincial|省级课题经费", help="按立项文件填写")
+    add_field(case.key, user("mao"), name="budget", title="预算（万元）", type="integer", min="0", max="1000")
     latest = start_forms.start_form(case.key)
     assert latest.version == saved.version + 1
 
@@ -201,7 +188,7 @@ def test_a_field_the_office_adds_is_asked_checked_stored_and_shown(name, client,
     assert "<code>funding_source</code>" in page and "<code>budget</code>" in page
 
     resp = client.post(case.url, data={"csrf_token": token, **good, "funding_source": "provincial", "budget": "12"})
-    assert resp.status_code == 302, _text(resp.get_data(as_text=True))[:2000]
+    assert resp.status_code == 302, page_text(resp.get_data(as_text=True))[:2000]
     row = db_session.scalars(select(case.model).order_by(case.model.id.desc())).first()
     assert row.id != old.id
     assert row.form_version == latest.version
@@ -210,7 +197,7 @@ def test_a_field_the_office_adds_is_asked_checked_stored_and_shown(name, client,
     login("mao")
     detail = client.get(case.detail.format(id=row.id)).get_data(as_text=True)
     assert 'id="form-extras"' in detail
-    extras = _text(detail[detail.index('id="form-extras"'):])
+    extras = page_text(detail[detail.index('id="form-extras"'):])
     assert "经费来源" in extras and "省级课题经费" in extras and "预算（万元）" in extras and "12" in extras
     # the older application still shows its own (shipped) version: no extra fields
     assert 'id="form-extras"' not in client.get(case.detail.format(id=old.id)).get_data(as_text=True)
@@ -219,7 +206,7 @@ def test_a_field_the_office_adds_is_asked_checked_stored_and_shown(name, client,
 def test_extras_render_from_the_version_used_after_the_field_is_removed(client, login, db_session, user):
     from app.technology.services import ethics
 
-    _add_field("tech_ethics_apply", user("mao"), name="sponsor", title="资助方", type="text", required=True)
+    add_field("tech_ethics_apply", user("mao"), name="sponsor", title="资助方", type="text", required=True)
     review = ethics.apply(applicant=user("gs_doc"), data={"title": "研究 C", "description": "描述",
                                                            "sponsor": "省自然科学基金"})
     assert review.form_data == {"sponsor": "省自然科学基金"}

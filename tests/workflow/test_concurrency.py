@@ -7,40 +7,30 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
-from app import create_app
 from app.auth.models import User
 from app.db import db
 from app.errors import Conflict
 from app.workflow import services
 from app.workflow.models import HumanTask, ProcessInstance, TaskLog
-from tests.conftest import PG_URL, ensure_database, make_config, reset_schema
+from tests.conftest import own_database
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
 def committed_app():
-    url = make_url(PG_URL)
-    url = url.set(database=f"{url.database}_commits").render_as_string(hide_password=False)
-    ensure_database(url)
-    application = create_app(make_config(url))
-    reset_schema(application)
-    with application.app_context():
-        from app.demo import load_demo
-        from app.forms import services as forms
+    with own_database("commits") as (application, _url):
+        with application.app_context():
+            from app.forms import services as forms
 
-        load_demo()
-        forms.sync_files(FIXTURES)
-        flow = db.session.scalar(select(User).where(User.username == "flow"))
-        services.upload_version(bpmn_xml=(FIXTURES / "review.bpmn").read_text(encoding="utf-8"),
-                                dmn={"test_levels.dmn": (FIXTURES / "test_levels.dmn").read_text(encoding="utf-8")},
-                                actor=flow)
-        db.session.commit()
-    yield application
-    with application.app_context():
-        db.engine.dispose()
+            forms.sync_files(FIXTURES)
+            flow = db.session.scalar(select(User).where(User.username == "flow"))
+            services.upload_version(bpmn_xml=(FIXTURES / "review.bpmn").read_text(encoding="utf-8"),
+                                    dmn={"test_levels.dmn": (FIXTURES / "test_levels.dmn").read_text(encoding="utf-8")},
+                                    actor=flow)
+            db.session.commit()
+        yield application
 
 
 def _user(name: str) -> User:

@@ -173,13 +173,7 @@ def holds_role(user: User, code: str) -> bool:
 
 def visible_departments(viewer: User, permission: str) -> list[Department]:
     """Departments the viewer's scope for `permission` covers (for filter lists)."""
-    scope = data_scope(viewer, permission)
-    stmt = select(Department).where(Department.is_active.is_(True)).order_by(Department.code)
-    if scope.level.value == "group":
-        return list(db.session.scalars(stmt))
-    if scope.level.value == "campus":
-        return list(db.session.scalars(stmt.where(Department.campus_id == scope.campus_id)))
-    return list(db.session.scalars(stmt.where(Department.id == scope.dept_id))) if scope.dept_id else []
+    return data_scope(viewer, permission).departments()
 
 
 def may_manage(user: User) -> bool:
