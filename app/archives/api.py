@@ -28,9 +28,10 @@ def _json_body() -> Any:
 @bp.post("/hr/staff")
 @api_auth("archives.manage")
 def hr_staff() -> Any:
-    """Body: {"staff": [{"staff_no", "name", "dept_code", "title", "phone", "id_number", "hire_date", "status"}, ...]}
-    (or the list itself; status optional: 在职/离职/退休/辞退 or active/resigned/retired/dismissed, a departure is
-    flagged to 医务处, never applied). Returns the batch summary and every rejected row with field paths."""
+    """Body: {"staff": [{"staff_no", "name", "dept_code", "title", "phone", "id_number", "hire_date", "status",
+    "departure_date"}, ...]} (or the list itself; status optional: 在职/离职/退休/辞退 or
+    active/resigned/retired/dismissed, a departure is flagged to 医务处, never applied; departure_date optional,
+    "2024-05-01", kept with the flag). Returns the batch summary and every rejected row with field paths."""
     body = _json_body()
     rows = body.get("staff") if isinstance(body, dict) else body
     if not isinstance(rows, list):

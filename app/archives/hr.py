@@ -11,6 +11,10 @@ Invariants:
 - an HR status of 离职/退休/辞退 for someone in service is never applied here: it becomes an open `status` HrDiff
   ("人事系统报告离职") that 医务处 settles through the departure registration (departure.py) or ignores; it
   cannot be "accepted"; registering the departure closes it;
+- HR may send the departure date (离职日期) with such a status: it is kept on the flag and prefills the registration
+  form's date; a date more than DEPARTURE_AHEAD_DAYS days ahead, or one that is no date, rejects the row; a
+  different date for the same status supersedes the open flag; with 在职 or no status the date means nothing and
+  is ignored;
 - 医务处 (holders of archives.manage) get one summary notification per batch with new staff or new differences;
 - identifiers (工号, 科室编码, 手机号, 身份证号) are exact text: a number Excel stored with more than 15 significant
   digits (an 18-digit ID typed into a numeric cell) has already lost its last digits, so the row is rejected
@@ -25,7 +29,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -42,9 +46,9 @@ from app.notify import services as notify
 from . import services as archives
 from .models import DEPARTURE_KIND_LABELS, ArchiveProfile, Departure, HrDiff, HrDiffStatus, HrImportBatch
 
-FIELDS = ("staff_no", "name", "dept_code", "title", "phone", "id_number", "hire_date", "status")
+FIELDS = ("staff_no", "name", "dept_code", "title", "phone", "id_number", "hire_date", "status", "departure_date")
 FIELD_LABELS = {"staff_no": "工号", "name": "姓名", "dept_code": "HIS 科室编码", "title": "职称", "phone": "手机号",
-                "id_number": "身份证号", "hire_date": "入职日期", "status": "人员状态"}
+                "id_number": "身份证号", "hire_date": "入职日期", "status": "人员状态", "departure_date": "离职日期"}
 DIFF_LABELS = {"name": "姓名", "dept": "科室", "title": "职称", "phone": "手机号", "id_number": "身份证号",
                "hire_date": "入职日期"}
 # the HR status is a difference of its own kind ("人事系统报告离职"), settled by registering the departure
@@ -69,6 +73,7 @@ HEADERS = {
     "id_number": ("身份证号", "身份证号码", "证件号码", "id_number", "idcard"),
     "hire_date": ("入职日期", "参加工作时间", "入院时间", "hire_date"),
     "status": ("人员状态", "在职状态", "在职情况", "状态", "status", "employment_status"),
+    "departure_date": ("离职日期", "离职时间", "departure_date"),
 }
 STAFF_NO_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 MOBILE_RE = re.compile(r"^1[3-9]\d{9}$")
@@ -80,6 +85,10 @@ EXCEL_DIGITS = 15
 # a number turned into text: "1001.0" (pandas, float cells) or "3.30102E+17" (Excel's CSV export)
 FLOAT_TEXT_RE = re.compile(r"^(\d+\.0*|\d+(\.\d+)?[eE]\+\d+)$")
 ZERO_PAD_RE = re.compile(r"^0+$")
+# HR may report a departure agreed in advance; a date further ahead than this is taken for a typing error
+DEPARTURE_AHEAD_DAYS = 90
+# 2024-05-01, 2024/5/1, 2024.05.01, 2024年5月1日, optionally followed by a time (离职时间)
+DATE_TEXT_RE = re.compile(r"^(\d{4})\s*[-/.年]\s*(\d{1,2})\s*[-/.月]\s*(\d{1,2})\s*日?(?:[ T].*)?$")
 
 
 def _text(value: Any) -> str:
@@ -134,6 +143,34 @@ def _zero_pad(digits: str, number_format: str | None) -> str:
     if number_format and ZERO_PAD_RE.match(number_format):
         return digits.zfill(len(number_format))
     return digits
+
+
+def departure_date_value(value: Any) -> tuple[date | None, str | None]:
+    """HR's departure date from a cell or JSON value (None when empty), and why it cannot be used: a date cell
+    (openpyxl gives a datetime) or text such as 2024-05-01, 2024/5/1, 2024年5月1日 (a time part is dropped); not
+    more than DEPARTURE_AHEAD_DAYS days after today. The reason reads after a field or column name."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, None
+    day: date | None
+    if isinstance(value, datetime):
+        day = value.date()
+    elif isinstance(value, date):
+        day = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        # a General cell holding Excel's serial number, or a JSON number: which day is meant is a guess
+        return None, f"是数字 {_text(value)}，不是日期，请将该列设置为日期格式，或按 2024-05-01 的格式填写"
+    else:
+        text = str(value).strip()
+        m = DATE_TEXT_RE.match(text)
+        try:
+            day = date(int(m[1]), int(m[2]), int(m[3])) if m else None
+        except ValueError:
+            day = None
+        if day is None:
+            return None, f"“{text[:30]}”不是有效的日期（如 2024-05-01）"
+    if day > archives.today() + timedelta(days=DEPARTURE_AHEAD_DAYS):
+        return None, f"为 {day.isoformat()}，晚于今天超过 {DEPARTURE_AHEAD_DAYS} 天，请核对"
+    return day, None
 
 
 class SheetRow(dict[str, str]):
@@ -206,6 +243,12 @@ def read_rows(filename: str, content: bytes) -> list[SheetRow]:
         problems: dict[str, str] = {}
         for i, f in header.items():
             cell = r[i] if i < len(r) else None
+            if f == "departure_date":
+                day, problem = departure_date_value(cell)
+                values[f] = day.isoformat() if day else _text(cell)
+                if problem:
+                    problems[f] = f"第 {line} 行“{titles[i]}”列{problem}"
+                continue
             if f not in IDENTIFIERS:
                 values[f] = _text(cell)
                 continue
@@ -237,6 +280,7 @@ class CleanRow:
     id_number: str | None
     hire_date: date | None
     status: str | None = None  # HR_STATUS_LABELS code; None when HR sent no status
+    departure_date: date | None = None  # meaningful with a departed status only
 
 
 def hr_status_code(value: Any) -> tuple[str | None, str | None]:
@@ -302,10 +346,14 @@ def check_row(row: dict[str, Any]) -> tuple[CleanRow | None, dict[str, str]]:
     status, problem = hr_status_code(values["status"])
     if problem:
         errors["status"] = problem
+    departure_day, problem = departure_date_value(row.get("departure_date"))
+    if problem and "departure_date" not in errors:  # a sheet's problem, naming row and column, is kept
+        errors["departure_date"] = f"离职日期{problem}"
     if errors:
         return None, errors
     return CleanRow(staff_no=staff_no, name=name, dept=dept, title=values["title"] or None, phone=phone or None,
-                    id_number=id_number or None, hire_date=hire, status=status), {}
+                    id_number=id_number or None, hire_date=hire, status=status,
+                    departure_date=departure_day if status not in (None, "active") else None), {}
 
 
 # ---------------------------------------------------------------- applying
@@ -330,17 +378,20 @@ def _theirs(row: CleanRow) -> dict[str, str | None]:
             "hire_date": row.hire_date.isoformat() if row.hire_date else None}
 
 
-def _record_diff(batch: HrImportBatch, user: User, field: str, ours: str, theirs: str) -> bool:
-    """Store a difference unless the same one is already open. Returns True when a new one was stored."""
+def _record_diff(batch: HrImportBatch, user: User, field: str, ours: str, theirs: str,
+                 departure_date: date | None = None) -> bool:
+    """Store a difference unless the same one is already open (for a reported departure: the same status, and
+    the same date unless HR sent none). Returns True when a new one was stored."""
     open_rows = list(db.session.scalars(select(HrDiff).where(HrDiff.user_id == user.id, HrDiff.field == field,
                                                              HrDiff.status == HrDiffStatus.OPEN.value)))
     for row in open_rows:
-        if row.theirs == theirs:
+        if row.theirs == theirs and (departure_date is None or row.departure_date == departure_date):
             row.ours = ours
             return False
         row.status = HrDiffStatus.SUPERSEDED
         row.decided_at = utcnow()
-    db.session.add(HrDiff(batch_id=batch.id, user_id=user.id, field=field, ours=ours[:200], theirs=theirs[:200]))
+    db.session.add(HrDiff(batch_id=batch.id, user_id=user.id, field=field, ours=ours[:200], theirs=theirs[:200],
+                          departure_date=departure_date))
     return True
 
 
@@ -408,8 +459,9 @@ def import_rows(*, rows: list[dict[str, Any]], actor: Any, source: str, filename
         user = db.session.scalar(select(User).where(func.upper(User.staff_no) == clean.staff_no.upper()))
         if user is None and clean.status not in (None, "active"):
             # someone who has already left is not worth an account; the row says so
+            when = f"（离职日期 {clean.departure_date.isoformat()}）" if clean.departure_date else ""
             report.append({"row": line, "status": "skipped", "staff_no": clean.staff_no,
-                           "note": f"人事系统报告已{HR_STATUS_LABELS[str(clean.status)]}，本系统无此工号，未新建人员"})
+                           "note": f"人事系统报告已{HR_STATUS_LABELS[str(clean.status)]}{when}，本系统无此工号，未新建人员"})
             continue
         if user is None:
             user = _create_staff(clean, actor, batch)
@@ -426,7 +478,7 @@ def import_rows(*, rows: list[dict[str, Any]], actor: Any, source: str, filename
                 continue
             if _record_diff(batch, user, field, ours[field], theirs):
                 diffs.append(field)
-        departure_reported = _check_status(batch, user, clean.status)
+        departure_reported = _check_status(batch, user, clean.status, clean.departure_date)
         if departure_reported:
             diffs.append(STATUS_FIELD)
             reported += 1
@@ -436,6 +488,8 @@ def import_rows(*, rows: list[dict[str, Any]], actor: Any, source: str, filename
                                           "user_id": user.id, "fields": [diff_label(f) for f in diffs]}
             if departure_reported:
                 row_report["departure_reported"] = HR_STATUS_LABELS[str(clean.status)]
+                if clean.departure_date:
+                    row_report["departure_date"] = clean.departure_date.isoformat()
             report.append(row_report)
         else:
             batch.unchanged_count += 1
@@ -465,9 +519,10 @@ def our_status(user: User) -> str:
     return f"已离职（{last.kind_label}）" if last is not None else "已离职"
 
 
-def _check_status(batch: HrImportBatch, user: User, status: str | None) -> bool:
-    """Flag a departure HR reports for someone MedLoop has in service (an open `status` diff; never applied
-    here). HR reporting the person in service again supersedes an open report. True when a new one was stored."""
+def _check_status(batch: HrImportBatch, user: User, status: str | None, departure_date: date | None = None) -> bool:
+    """Flag a departure HR reports for someone MedLoop has in service (an open `status` diff with HR's departure
+    date, if sent; never applied here). HR reporting the person in service again supersedes an open report. True
+    when a new one was stored."""
     if status is None:
         return False
     if status == "active":
@@ -478,7 +533,8 @@ def _check_status(batch: HrImportBatch, user: User, status: str | None) -> bool:
         return False
     if user.departed_at is not None:
         return False  # already registered: MedLoop's departure record is the authority
-    return _record_diff(batch, user, STATUS_FIELD, our_status(user), HR_STATUS_LABELS[status])
+    return _record_diff(batch, user, STATUS_FIELD, our_status(user), HR_STATUS_LABELS[status],
+                        departure_date=departure_date)
 
 
 def _notify_managers(batch: HrImportBatch, reported: int) -> None:
@@ -536,12 +592,17 @@ def departure_kind(diff: HrDiff) -> str:
 
 
 def departure_prefill(diff: HrDiff) -> dict[str, str]:
-    """Values for the departure registration form opened from an HR report (kind and a reason naming the batch)."""
+    """Values for the departure registration form opened from an HR report: kind, a reason naming the batch and
+    HR's departure date when HR sent one that has come (a registration cannot be dated ahead; until then the
+    form keeps its default and the HR page shows the date)."""
     batch = diff.batch
     source = f"文件 {batch.filename or ''}".strip() if batch.source == "file" else f"接口 {batch.system or ''}".strip()
     when = batch.created_at.astimezone(SHANGHAI).date().isoformat()
-    return {"kind": departure_kind(diff), "hr_diff": str(diff.id),
-            "reason": f"人事系统报告{diff.theirs}（导入批次 {batch.id}，{source}，{when}）"}
+    out = {"kind": departure_kind(diff), "hr_diff": str(diff.id),
+           "reason": f"人事系统报告{diff.theirs}（导入批次 {batch.id}，{source}，{when}）"}
+    if diff.departure_date is not None and diff.departure_date <= archives.today():
+        out["departure_date"] = diff.departure_date.isoformat()
+    return out
 
 
 def close_departure_reports(*, user: User, departure: Departure, actor: User) -> list[HrDiff]:

@@ -287,6 +287,8 @@ class HrDiff(Model):
     field: Mapped[str] = mapped_column(String(32), comment="字段编码")
     ours: Mapped[str | None] = mapped_column(String(200), comment="本系统当前值")
     theirs: Mapped[str | None] = mapped_column(String(200), comment="人事系统的值")
+    departure_date: Mapped[date | None] = mapped_column(
+        comment="人事系统报告的离职日期（仅“人事系统报告离职”差异，人事系统未提供时为空）")
     status: Mapped[HrDiffStatus] = mapped_column(String(16), default=HrDiffStatus.OPEN,
                                                  comment="状态：open/accepted/ignored/superseded")
     decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), comment="处理人")

@@ -509,7 +509,7 @@ def hr_index():
     return render_template("archives/hr.html", page=page, batches=hr.recent_batches(), pending=hr.pending_staff(),
                            labels=hr.DIFF_LABELS, roles=hr.role_choices(), field=field, batch_id=batch_id,
                            status_labels=HR_DIFF_STATUS_LABELS, reported=hr.reported_departures(),
-                           prefill=hr.departure_prefill, our_status=hr.our_status)
+                           prefill=hr.departure_prefill, our_status=hr.our_status, today=services.today())
 
 
 @bp.post("/hr/import")
@@ -595,8 +595,11 @@ def register_departure(user_id: int):
         data = start_forms.coerce(form, request.form)
     else:
         if request.args.get("hr_diff"):
-            # opened from "人事系统报告离职" on the HR page: kind and reason prefilled from the query string
-            flash("人事系统报告该人员离职：已预填离职类型和原因，请核实离职日期与原因后确认登记", "info")
+            # opened from "人事系统报告离职" on the HR page: kind, reason and HR's date prefilled from the query string
+            if request.args.get("departure_date"):
+                flash("人事系统报告该人员离职：已预填离职类型、人事系统的离职日期和原因，请核实后确认登记", "info")
+            else:
+                flash("人事系统报告该人员离职：已预填离职类型和原因，请核实离职日期与原因后确认登记", "info")
         data = start_forms.initial(form, {"departure_date": services.today().isoformat(),
                                           **start_forms.coerce(form, request.args)})
     return render_template("archives/departure_form.html", staff=staff, errors=errors, form=form,

@@ -348,12 +348,8 @@ def get_order_in_scope(*, order_no: str, viewer: Any) -> LoopOrder | None:
 
 
 def visible_departments(scope: DataScope) -> list[Department]:
-    stmt = select(Department).where(Department.is_active.is_(True)).order_by(Department.code)
-    if scope.level is Scope.GROUP:
-        return list(db.session.scalars(stmt))
-    if scope.level is Scope.CAMPUS:
-        return list(db.session.scalars(stmt.where(Department.campus_id == scope.campus_id)))
-    return list(db.session.scalars(stmt.where(Department.id == scope.dept_id))) if scope.dept_id else []
+    """The active departments of the scope (for the department filter); alerts.py shares it."""
+    return scope.departments()
 
 
 def parse_day(value: str | None, name: str, errors: dict[str, str]) -> date | None:

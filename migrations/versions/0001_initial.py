@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 05:59:52.332452
+Create Date: 2026-11-23 06:47:29.304231
 
 """
 from alembic import op
@@ -1118,6 +1118,7 @@ def upgrade():
     sa.Column('field', sa.String(length=32), nullable=False, comment='字段编码'),
     sa.Column('ours', sa.String(length=200), nullable=True, comment='本系统当前值'),
     sa.Column('theirs', sa.String(length=200), nullable=True, comment='人事系统的值'),
+    sa.Column('departure_date', sa.Date(), nullable=True, comment='人事系统报告的离职日期（仅“人事系统报告离职”差异，人事系统未提供时为空）'),
     sa.Column('status', sa.String(length=16), nullable=False, comment='状态：open/accepted/ignored/superseded'),
     sa.Column('decided_by_id', sa.Integer(), nullable=True, comment='处理人'),
     sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True, comment='处理时间'),

@@ -379,3 +379,143 @@ def test_hr_page_flags_the_reported_departure_and_opens_the_registration_prefill
     refused = client.post(f"/archives/hr/diffs/{flag2.id}/accept", data={"csrf_token": token})
     assert refused.status_code == 409 and "不会自动生效" in refused.get_data(as_text=True)
     assert user("gs_doc").departed_at is None
+
+
+# ---------------------------------------------------------------- the departure date HR reports
+
+
+def _departure_sheet(rows: list[list], header: str = "离职日期") -> bytes:
+    wb = Workbook()
+    ws = wb.active
+    ws.append(["工号", "姓名", "人员状态", header])
+    for r in rows:
+        ws.append(r)
+    buf = BytesIO()
+    wb.save(buf)
+    return buf.getvalue()
+
+
+def test_departure_date_is_read_from_excel_date_cells_and_text_and_bad_dates_name_row_and_column(
+        deployed, user, db_session):
+    from datetime import datetime, timedelta
+
+    mao = user("mao")
+    today = services.today()
+    left = today - timedelta(days=10)
+    content = _departure_sheet([
+        ["D1002", "陈医生", "离职", left],                                          # a date cell
+        ["D1003", "刘医生", "退休", f"{left.year}/{left.month}/{left.day}"],        # text, unpadded
+        ["D2002", "孙医生", "辞退", datetime(left.year, left.month, left.day, 17, 30)],  # a date-time cell
+        ["D3001", "周医生", "在职", left],                                          # in service: the date means nothing
+        ["H9001", "钱数字", "离职", 45413],                                         # Excel's serial in a General cell
+        ["H9002", "孙太远", "离职", today + timedelta(days=91)],                    # too far ahead
+        ["H9003", "李乱写", "离职", "2024-02-30"],                                 # no such day
+    ])
+    rows = hr.read_rows("人事.xlsx", content)
+    assert [r["departure_date"] for r in rows[:3]] == [left.isoformat()] * 3
+    batch = hr.import_rows(rows=rows, actor=mao, source="file", filename="人事.xlsx")
+    report = {r["row"]: r for r in batch.report}
+    assert report[2]["departure_reported"] == "离职" and report[2]["departure_date"] == left.isoformat()
+    assert report[5]["status"] == "unchanged"
+    assert batch.rejected_count == 3
+    [serial] = report[6]["errors"]
+    assert serial["path"] == "staff/4/departure_date"
+    assert serial["message"].startswith("第 6 行“离职日期”列是数字 45413，不是日期") and "日期格式" in serial["message"]
+    [ahead] = report[7]["errors"]
+    assert ahead["message"] == (f"第 7 行“离职日期”列为 {(today + timedelta(days=91)).isoformat()}，"
+                                "晚于今天超过 90 天，请核对")
+    assert report[8]["errors"][0]["message"] == "第 8 行“离职日期”列“2024-02-30”不是有效的日期（如 2024-05-01）"
+    flags = {d.user.staff_no: d for d in hr.reported_departures()}
+    assert set(flags) == {"D1002", "D1003", "D2002"}
+    assert {d.departure_date for d in flags.values()} == {left}
+    # nothing applied
+    assert user("gs_doc").departed_at is None and user("card_doc").departed_at is None
+
+
+def test_departure_time_column_and_the_api_field(deployed, client, user, db_session):
+    from datetime import timedelta
+
+    from app.auth.services import create_api_token
+
+    today = services.today()
+    soon = today + timedelta(days=30)
+    csv = f"工号,姓名,人员状态,离职时间\nD1002,陈医生,离职,{today.year}年{today.month}月{today.day}日 09:00\n".encode()
+    rows = hr.read_rows("人事.csv", csv)
+    assert rows[0]["departure_date"] == today.isoformat()
+    token = create_api_token(system="HRP")
+    body = {"staff": [{"staff_no": "D1003", "name": "刘医生", "status": "retired", "departure_date": soon.isoformat()},
+                      {"staff_no": "D2002", "name": "孙医生", "status": "离职", "departure_date": "下个月"},
+                      {"staff_no": "D3001", "name": "周医生", "status": "离职", "departure_date": 20240501}]}
+    out = client.post("/api/v1/hr/staff", json=body, headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert [r["status"] for r in out["rows"]] == ["diff", "rejected", "rejected"]
+    assert out["rows"][0]["departure_date"] == soon.isoformat()
+    assert out["rows"][1]["errors"] == [{"path": "staff/1/departure_date",
+                                         "message": "离职日期“下个月”不是有效的日期（如 2024-05-01）"}]
+    assert out["rows"][2]["errors"][0]["path"] == "staff/2/departure_date"
+    assert out["rows"][2]["errors"][0]["message"].startswith("离职日期是数字 20240501")
+    [flag] = hr.reported_departures()
+    assert flag.departure_date == soon
+
+
+def test_a_new_departure_date_supersedes_the_flag_and_an_empty_one_keeps_it(deployed, user, db_session):
+    from datetime import timedelta
+
+    mao = user("mao")
+    first, second = services.today() - timedelta(days=3), services.today() - timedelta(days=1)
+    hr.import_rows(rows=[{"staff_no": "D1002", "name": "陈医生", "status": "离职"}], actor=mao, source="api")
+    [flag] = hr.reported_departures()
+    assert flag.departure_date is None and "departure_date" not in hr.departure_prefill(flag)
+    # HR now sends the date: the flag is replaced by one carrying it
+    batch = hr.import_rows(rows=[{"staff_no": "D1002", "name": "陈医生", "status": "离职",
+                                  "departure_date": first.isoformat()}], actor=mao, source="api")
+    assert batch.diff_count == 1 and flag.status == "superseded"
+    [dated] = hr.reported_departures()
+    assert dated.departure_date == first
+    # the same date, or none at all, changes nothing
+    for extra in ({"departure_date": first.isoformat()}, {}):
+        again = hr.import_rows(rows=[{"staff_no": "D1002", "name": "陈医生", "status": "离职", **extra}],
+                               actor=mao, source="api")
+        assert again.diff_count == 0 and hr.reported_departures() == [dated]
+    # a corrected date replaces it again
+    hr.import_rows(rows=[{"staff_no": "D1002", "name": "陈医生", "status": "离职",
+                          "departure_date": second.isoformat()}], actor=mao, source="api")
+    [corrected] = hr.reported_departures()
+    assert corrected.departure_date == second and dated.status == "superseded"
+    # someone unknown who has left: the note gives the date
+    skipped = hr.import_rows(rows=[{"staff_no": "H9101", "name": "钱已走", "status": "退休",
+                                    "departure_date": first.isoformat()}], actor=mao, source="api")
+    assert f"人事系统报告已退休（离职日期 {first.isoformat()}）" in skipped.report[0]["note"]
+
+
+def test_the_registration_form_is_prefilled_with_the_date_hr_reported(deployed, client, login, user, db_session):
+    from datetime import timedelta
+
+    from app.archives.models import Departure
+
+    mao, doc, doc2 = user("mao"), user("gs_doc2"), user("gs_doc")
+    left, ahead = services.today() - timedelta(days=5), services.today() + timedelta(days=20)
+    batch = hr.import_rows(rows=[{"staff_no": "D1003", "name": "刘医生", "status": "退休",
+                                  "departure_date": left.isoformat()},
+                                 {"staff_no": "D1002", "name": "陈医生", "status": "离职",
+                                  "departure_date": ahead.isoformat()}], actor=mao, source="file",
+                           filename="人事.xlsx")
+    token = login("mao")
+    html = client.get("/archives/hr").get_data(as_text=True)
+    assert f"离职日期 {left.isoformat()}" in html and f"离职日期 {ahead.isoformat()}" in html
+    assert "尚未到，请在离职当日登记" in html
+    assert f"departure_date={left.isoformat()}" in html
+    assert f"departure_date={ahead.isoformat()}" not in html  # a registration cannot be dated ahead
+    batch_html = client.get(f"/archives/hr/batches/{batch.id}").get_data(as_text=True)
+    assert f"人事系统报告退休，离职日期 {left.isoformat()}" in batch_html
+    flags = {d.user_id: d for d in hr.reported_departures()}
+    prefill = hr.departure_prefill(flags[doc.id])
+    assert prefill["departure_date"] == left.isoformat()
+    assert "departure_date" not in hr.departure_prefill(flags[doc2.id])
+    page = client.get(f"/archives/{doc.id}/departure", query_string=prefill).get_data(as_text=True)
+    assert f'value="{left.isoformat()}"' in page and "已预填离职类型、人事系统的离职日期和原因" in page
+    resp = client.post(f"/archives/{doc.id}/departure", data={"csrf_token": token, **prefill})
+    assert resp.status_code == 302, resp.get_data(as_text=True)[:500]
+    row = db_session.scalar(select(Departure).where(Departure.user_id == doc.id))
+    assert row.departure_date == left and row.kind == "retirement"
+    db_session.refresh(flags[doc.id])
+    assert flags[doc.id].status == "accepted"
