@@ -29,6 +29,7 @@ AUDIT_LABELS = {
     "technology.high_risk_created": "新增高风险诊疗技术",
     "technology.high_risk_updated": "修改高风险诊疗技术",
     "technology.high_risk_retired": "停用高风险诊疗技术",
+    "technology.high_risk_relinked": "高风险诊疗技术更换对应医疗权限项目",
     "technology.high_risk_authorized": "高风险诊疗技术授权",
     "technology.high_risk_revoked": "取消高风险诊疗技术授权",
     "technology.high_risk_eligibility_overridden": "高风险诊疗技术授权资格特批",

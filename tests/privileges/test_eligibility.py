@@ -220,12 +220,14 @@ def test_batch_rows_report_each_unfit_physician_and_the_override_grants_them(db_
     assert "职称不符" in err.value.errors[0]["message"]
     assert _count(db_session, Grant) == before
 
+    last_audit = db_session.scalar(select(func.max(AuditLog.id)))  # the demo data has overrides of its own
     plan = services.batch_grant(viewer=mao, dept_id=gs, user_ids=ids, item_codes=["SP-ABX-2"],
                                 reason="2026 年度考核", override_reason="科室人员紧缺，医务处会议纪要 2026-07")
     assert plan.counts["grant"] == 2 and _count(db_session, Grant) == before + 2
     overridden = [r for r in plan.rows if r.overridden]
     assert [r.user.username for r in overridden] == ["gs_doc2"] and "医务处特批" in overridden[0].message
-    audits = db_session.scalars(select(AuditLog).where(AuditLog.action == "privilege.eligibility_overridden")).all()
+    audits = db_session.scalars(select(AuditLog).where(AuditLog.action == "privilege.eligibility_overridden",
+                                                       AuditLog.id > last_audit).order_by(AuditLog.id)).all()
     assert [a.entity_id for a in audits] == [str(overridden[0].grant.id)]
     assert audits[0].after["reason"] == "科室人员紧缺，医务处会议纪要 2026-07"
     batch = db_session.scalar(select(AuditLog).where(AuditLog.action == "privilege.batch_granted")

@@ -154,7 +154,8 @@ def _grant_setup(user, item, make_grant):
     make_grant(user("gs_doc"), item("BASIC-DIAG"))
     make_grant(user("gs_doc2"), item("BASIC-CONSULT"))
     make_grant(user("card_doc"), item("SP-NARC"))
-    make_grant(user("orth_doc"), item("SP-POCT"), days_left=-5)  # lapsed, status not yet updated
+    # lapsed, status not yet updated (韩专家 of 骨科: no demo grant; 周医生 holds the demo high-risk one)
+    make_grant(user("expert2"), item("SP-POCT"), days_left=-5)
 
 
 def _holders(db_session, viewer, **filters):
@@ -166,7 +167,7 @@ def test_grants_are_scoped_by_role(db_session, user, item, make_grant):
     _grant_setup(user, item, make_grant)
     assert _holders(db_session, user("gs_doc")) == ["gs_doc"]
     assert _holders(db_session, user("gs_head")) == ["gs_doc", "gs_doc2"]
-    assert {"gs_doc", "gs_doc2", "card_doc", "orth_doc"} <= set(_holders(db_session, user("mao")))
+    assert {"gs_doc", "gs_doc2", "card_doc", "expert2"} <= set(_holders(db_session, user("mao")))
     with pytest.raises(Forbidden):
         services.grants_query(viewer=user("nurse"))
 
@@ -174,12 +175,12 @@ def test_grants_are_scoped_by_role(db_session, user, item, make_grant):
 def test_grant_filters(db_session, user, item, make_grant):
     _grant_setup(user, item, make_grant)
     mao = user("mao")
-    assert "orth_doc" in _holders(db_session, mao, validity="expired")
-    assert "orth_doc" in _holders(db_session, mao, status="expired")
-    assert "orth_doc" not in _holders(db_session, mao, validity="valid")
-    assert "orth_doc" not in _holders(db_session, mao, status="active")
+    assert "expert2" in _holders(db_session, mao, validity="expired")
+    assert "expert2" in _holders(db_session, mao, status="expired")
+    assert "expert2" not in _holders(db_session, mao, validity="valid")
+    assert "expert2" not in _holders(db_session, mao, status="active")
     assert _holders(db_session, mao, q="麻醉药品") == ["card_doc"]
-    assert set(_holders(db_session, mao, category="special")) >= {"card_doc", "orth_doc"}
+    assert set(_holders(db_session, mao, category="special")) >= {"card_doc", "expert2"}
     gs = user("gs_doc").dept_id
     assert _holders(db_session, mao, dept_id=gs) == ["gs_doc", "gs_doc2"]
     summary = dict(services.grant_counts_by_category(viewer=user("gs_head")))
@@ -187,11 +188,12 @@ def test_grant_filters(db_session, user, item, make_grant):
 
 
 def test_expire_and_departure(db_session, user, item, make_grant):
-    lapsed = make_grant(user("orth_doc"), item("SP-POCT"), days_left=-1)
-    live = make_grant(user("orth_doc"), item("BASIC-DIAG"))
+    # 韩专家 holds nothing else (周医生 holds the demo high-risk authorisation's grant)
+    lapsed = make_grant(user("expert2"), item("SP-POCT"), days_left=-1)
+    live = make_grant(user("expert2"), item("BASIC-DIAG"))
     assert services.expire_grants() >= 1
     assert lapsed.status == GrantStatus.EXPIRED and live.status == GrantStatus.ACTIVE
-    assert services.revoke_all_for_departure(user=user("orth_doc"), actor=user("mao")) == 1
+    assert services.revoke_all_for_departure(user=user("expert2"), actor=user("mao")) == 1
     assert live.status == GrantStatus.REVOKED and live.revoked_reason == "人员离职"
 
 

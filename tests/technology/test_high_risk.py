@@ -42,11 +42,16 @@ def test_authorisation_and_linked_privilege_grants(user, db_session):
     item = _item(db_session)
     assert item is not None and item.privilege_item_id is not None
     assert high_risk.is_authorised(user_id=user("orth_doc").id, item=item)  # demo authorisation
+    [demo] = [a for a in item.authorizations if a.status == "active"]
+    demo_grant = db_session.get(Grant, demo.grant_id)  # held as a grant of the linked item, so HIS sees it
+    assert (demo.user_id, demo_grant.user_id, demo_grant.item_id) == (user("orth_doc").id,) * 2 + (
+        item.privilege_item_id,)
+    assert demo.override_reason == "演示数据：按本院高风险技术考核结果授权"  # 主治医师: below the item's rules
     other = user("expert2")
     assert not high_risk.is_authorised(user_id=other.id, item=item)
     db_session.add(Grant(user_id=other.id, item_id=item.privilege_item_id, valid_from=today()))
     db_session.flush()
-    assert [g.user_id for g in high_risk.linked_grants(item)] == [other.id]
+    assert [g.user_id for g in high_risk.linked_grants(item)] == [user("orth_doc").id, other.id]
     assert high_risk.is_authorised(user_id=other.id, item=item)
     assert db_session.get(PrivilegeItem, item.privilege_item_id).code == "SUR-81.5300"
     with pytest.raises(ValidationFailed) as err:  # 四级手术: 副主任医师 and 定期考核; not in 普外科's catalogue

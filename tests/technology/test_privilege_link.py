@@ -238,10 +238,13 @@ def test_authorising_checks_the_linked_items_rules_field_by_field(user, db_sessi
                                                 "override_reason": "上级医师全程指导下担任助手，证件补办中"},
                                actor=user("mao"))
     assert auth.override_reason.startswith("上级医师全程指导") and auth.grant_id is not None
-    [tech_audit] = _audits(db_session, "technology.high_risk_eligibility_overridden")
+    # (the demo data's authorisations audit their own overrides: only this one's are looked at)
+    [tech_audit] = [a for a in _audits(db_session, "technology.high_risk_eligibility_overridden")
+                    if a.entity_id == str(auth.id)]
     assert set(tech_audit.after["problems"]) == {"eligibility/title", "eligibility/certificate"}
-    [grant_audit] = _audits(db_session, "privilege.eligibility_overridden")
-    assert grant_audit.entity_id == str(auth.grant_id) and len(grant_audit.after["problems"]) == 2
+    [grant_audit] = [a for a in _audits(db_session, "privilege.eligibility_overridden")
+                     if a.entity_id == str(auth.grant_id)]
+    assert grant_audit.after["user_id"] == junior.id and len(grant_audit.after["problems"]) == 2
     # an item not linked to a privilege item has no rules to check and nothing for HIS
     plain = high_risk.authorize(item=_hr(db_session, "HR-GS-01"), data={"user_id": user("gs_doc2").id},
                                 actor=user("mao"))
@@ -296,23 +299,27 @@ def test_a_grant_already_held_is_reused_and_outlives_one_of_two_authorisations(u
 
 def test_an_item_suspended_at_its_evaluation_resumes_the_grants_when_a_later_one_continues(user, do, db_session, ask):
     item = _hr(db_session)
+    [demo] = [a for a in item.authorizations if a.status == "active"]  # the demo data's: 孙医生, with its grant
+    demo_grant = db_session.get(Grant, demo.grant_id)
+    assert demo_grant.status == "active" and demo.user_id == user("card_doc").id
     auth = high_risk.authorize(item=item, data={"user_id": user("card_head").id}, actor=user("mao"))
     grant = db_session.get(Grant, auth.grant_id)
     first = high_risk.start_evaluation(item=item, actor=user("mao"), year=2033)
     do(first.instance_id, "self_evaluation", "card_head", cases_year=2, self_assessment="poor", summary="并发症多")
     do(first.instance_id, "mao_evaluation", "mao", decision="suspend", comment="暂停开展")
-    assert item.status == "suspended" and grant.status == "suspended"
-    assert first.suspended_grants["grant_ids"] == [grant.id]
+    assert item.status == "suspended" and grant.status == "suspended" and demo_grant.status == "suspended"
+    assert first.suspended_grants["grant_ids"] == [demo_grant.id, grant.id]
     assert not high_risk.is_authorised(user_id=user("card_head").id, item=item)
     assert "2033年度评估决定暂停开展" in ask("D2001", "surgery", "SUR-00.6600x008")["reason"]
     later = high_risk.start_evaluation(item=item, actor=user("mao"), year=2034)
     do(later.instance_id, "self_evaluation", "card_head", cases_year=20, self_assessment="good", summary="条件已改善")
     do(later.instance_id, "mao_evaluation", "mao", decision="continue", comment="恢复开展")
     assert item.status == "active" and grant.status == "active" and auth.status == "active"
+    assert demo_grant.status == "active"
     assert high_risk.is_authorised(user_id=user("card_head").id, item=item)
     assert ask("D2001", "surgery", "SUR-00.6600x008")["allowed"] is True
     [resumed] = _audits(db_session, "technology.high_risk_grants_resumed")
-    assert resumed.after == {"year": 2034, "grant_ids": [grant.id]}
+    assert resumed.after == {"year": 2034, "grant_ids": [demo_grant.id, grant.id]}
 
 
 def test_the_authorise_form_shows_eligibility_errors_and_takes_an_override(client, login, user, db_session):
@@ -327,3 +334,94 @@ def test_the_authorise_form_shows_eligibility_errors_and_takes_an_override(clien
     assert resp.status_code == 302
     html = client.get(f"/technology/high-risk/{item.id}").get_data(as_text=True)
     assert "医务处特批：外院专家" in html and "SUR-00.6600x008 生效中" in html
+
+
+def _edit(item: HighRiskItem, **changes) -> dict:
+    data = {key: getattr(item, key) for key in high_risk.EDITABLE}
+    return data | changes
+
+
+def test_retiring_an_item_stops_only_the_grants_held_for_its_authorisations(user, db_session, ask, make_physician):
+    item = _hr(db_session)  # the demo data authorised 孙医生 (D2002) through SUR-00.6600x008
+    [demo] = [a for a in item.authorizations if a.status == "active"]
+    demo_grant = db_session.get(Grant, demo.grant_id)
+    assert ask("D2002", "surgery", "SUR-00.6600x008")["allowed"] is True
+    twin = high_risk.create_item(data={"code": "HR-CARD-09", "name": "药物球囊（复杂病变）", "category": "interventional",
+                                       "dept_id": item.dept_id, "privilege_item_id": item.privilege_item_id},
+                                 actor=user("mao"))
+    head = high_risk.authorize(item=item, data={"user_id": user("card_head").id}, actor=user("mao"))
+    head_twin = high_risk.authorize(item=twin, data={"user_id": user("card_head").id}, actor=user("mao"))
+    shared = db_session.get(Grant, head.grant_id)
+    assert head_twin.grant_id == shared.id
+    other = make_physician()  # holds the privilege for other reasons: the office's batch grant
+    [own] = _grant(user, "CARD", [other.username], "SUR-00.6600x008")
+
+    high_risk.retire_item(item=item, actor=user("mao"), reason="设备报废，本院不再开展")
+    assert demo_grant.status == "revoked" and "已停用：设备报废" in demo_grant.revoked_reason
+    assert [p["status"] for p in _his_messages(db_session, demo_grant)][-1] == "revoked"  # pushed to HIS
+    assert shared.status == "active" and own.status == "active"  # another authorisation / other reasons
+    assert demo.status == "active" and head.status == "active"  # authorisations stay on record
+    [retired] = [a for a in _audits(db_session, "technology.high_risk_retired") if a.entity_id == str(item.id)]
+    assert retired.after["grants_stopped"] == [demo_grant.id]
+    assert retired.after["grants_kept"] == {str(shared.id): head_twin.id}
+    assert ask("D2002", "surgery", "SUR-00.6600x008")["allowed"] is False
+    assert ask("D2001", "surgery", "SUR-00.6600x008")["allowed"] is True
+    assert ask(other.staff_no, "surgery", "SUR-00.6600x008")["allowed"] is True
+    assert not high_risk.is_authorised(user_id=user("card_head").id, item=item)
+    assert high_risk.is_authorised(user_id=user("card_head").id, item=twin)
+    # the retired item's authorisation keeps nothing alive: revoking the twin's stops the shared grant
+    high_risk.revoke_authorization(auth=head_twin, actor=user("mao"), reason="不再担任术者")
+    assert shared.status == "revoked" and own.status == "active"
+    assert ask("D2001", "surgery", "SUR-00.6600x008")["allowed"] is False
+
+
+def test_relinking_an_item_moves_its_authorisations_grants_to_the_new_item(user, db_session, ask, make_physician):
+    from app.privileges.services import today
+
+    item = _hr(db_session)
+    old, new = item.privilege_item_id, _item(db_session, "SUR-36.0700x004")
+    [demo] = [a for a in item.authorizations if a.status == "active"]  # 孙医生 (D2002), from the demo data
+    demo_grant = db_session.get(Grant, demo.grant_id)
+    head = high_risk.authorize(item=item, data={"user_id": user("card_head").id}, actor=user("mao"))
+    head_grant = db_session.get(Grant, head.grant_id)
+    other = make_physician()
+    [own] = _grant(user, "CARD", [other.username], "SUR-00.6600x008")  # not for the item: left alone
+    held = Grant(user_id=user("card_doc").id, item_id=new.id, valid_from=today())  # 孙医生 already holds the new one
+    db_session.add(held)
+    db_session.flush()
+    # a person whose grant of the new item is suspended cannot be moved onto it: nothing changes
+    privileges.suspend_grant(grant=held, reason="复核中", actor=user("mao"))
+    with pytest.raises(ValidationFailed) as err:
+        high_risk.update_item(item=item, data=_edit(item, privilege_item_id=new.id), actor=user("mao"))
+    [error] = err.value.errors
+    assert error["path"] == "privilege_item_id" and "孙医生的医疗权限" in error["message"] and "已暂停" in error["message"]
+    assert item.privilege_item_id == old and (demo_grant.status, head_grant.status) == ("active", "active")
+    privileges.resume_grant(grant=held, reason="复核通过", actor=user("mao"))
+
+    overrides_before = len(_audits(db_session, "privilege.eligibility_overridden"))
+    high_risk.update_item(item=item, data=_edit(item, privilege_item_id=new.id), actor=user("mao"))
+    assert item.privilege_item_id == new.id
+    for grant in (demo_grant, head_grant):
+        assert grant.status == "revoked" and "对应的医疗权限项目已改为：SUR-36.0700x004" in grant.revoked_reason
+        assert [p["status"] for p in _his_messages(db_session, grant)][-1] == "revoked"
+    assert own.status == "active"
+    assert demo.grant_id == held.id  # reused
+    moved = db_session.get(Grant, head.grant_id)
+    assert moved.id not in (head_grant.id, held.id) and moved.item_id == new.id and moved.status == "active"
+    assert moved.user_id == user("card_head").id and [p["status"] for p in _his_messages(db_session, moved)] == ["active"]
+    assert len(_audits(db_session, "privilege.eligibility_overridden")) == overrides_before  # no re-check to override
+    [relinked] = _audits(db_session, "technology.high_risk_relinked")
+    assert relinked.before == {"privilege_item": "SUR-00.6600x008"}
+    assert relinked.after["privilege_item"] == "SUR-36.0700x004"
+    assert relinked.after["grants_stopped"] == [demo_grant.id, head_grant.id]
+    assert relinked.after["authorisations"][str(head.id)]["grant_id"] == moved.id
+    assert relinked.after["authorisations"][str(demo.id)]["grant_reused"] is True
+    for staff_no in ("D2001", "D2002"):
+        assert ask(staff_no, "surgery", "SUR-36.0700x004")["allowed"] is True
+        assert ask(staff_no, "surgery", "SUR-00.6600x008")["allowed"] is False
+    assert ask(other.staff_no, "surgery", "SUR-00.6600x008")["allowed"] is True
+    assert high_risk.is_authorised(user_id=user("card_head").id, item=item)
+    # unlinked: the grants end and the authorisations stand on their own
+    high_risk.update_item(item=item, data=_edit(item, privilege_item_id=None), actor=user("mao"))
+    assert (moved.status, held.status) == ("revoked", "revoked") and head.grant_id is None and demo.grant_id is None
+    assert high_risk.is_authorised(user_id=user("card_head").id, item=item)

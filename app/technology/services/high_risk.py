@@ -7,7 +7,9 @@ Invariants:
   (seed 000 §三.6): the person must fit that item's eligibility rules (app.privileges.eligibility: title,
   certificates, 定期考核, department catalogue) unless 医务处 overrides with a reason (audited), and the
   authorisation holds an active grant of the item (created or reused; app.privileges.technology_link); revoking the
-  authorisation stops that grant unless another authorisation in force stands on it;
+  authorisation stops that grant unless another authorisation in force stands on it (an authorisation of a retired
+  item stands on nothing); retiring the item stops, on the same terms, the grants of its authorisations, and linking
+  it to another privilege item moves them (stopped on the old item, created or reused on the new one);
 - who may perform an item (is_authorised) is an authorisation in force — whose grant, when it has one, is in force
   too — or an effective grant of the linked item (linked_grants);
 - a yearly evaluation that suspends an item suspends the linked grants (kept on the evaluation); a later evaluation
@@ -92,28 +94,150 @@ def create_item(*, data: dict[str, Any], actor: User) -> HighRiskItem:
 
 
 def update_item(*, item: HighRiskItem, data: dict[str, Any], actor: User) -> HighRiskItem:
-    """Edit a catalogue item (audited with before/after). Raises ValidationFailed."""
+    """Edit a catalogue item (audited with before/after). Linking it to another privilege item (or none) moves the
+    grants of its authorisations: those on the old item are stopped unless another authorisation in force stands on
+    them, and each authorisation still in force gets one of the new item (created or reused; the existing
+    authorisation is not re-checked against the new item's rules) — audited as technology.high_risk_relinked.
+    Raises ValidationFailed (privilege_item_id too when the authorisations cannot move: the new item is switched
+    off, the technology is suspended, or a person's grant of it is suspended); nothing is written then."""
     clean = _clean_item(data, item=item)
+    old_id, new_id = item.privilege_item_id, clean["privilege_item_id"]
+    moving = _authorisations_to_move(item) if new_id != old_id else []
+    if moving and new_id is not None:
+        _check_relink(item=item, target_id=new_id, auths=moving)
     before = audit.snapshot(item)
     for key in EDITABLE:
         setattr(item, key, clean[key])
     db.session.flush()
     audit.record(actor, "technology.high_risk_updated", item, before=before, after=audit.snapshot(item))
+    if new_id != old_id:
+        _relink_grants(item=item, old_id=old_id, auths=moving, actor=actor)
     return item
 
 
 def retire_item(*, item: HighRiskItem, actor: User, reason: str) -> HighRiskItem:
-    """Take an item out of use (never deleted: evaluations and authorisations stay on record)."""
+    """Take an item out of use (never deleted: evaluations and authorisations stay on record). The privilege grants
+    its authorisations hold are stopped (audited, pushed to HIS) unless another authorisation in force stands on
+    them; grants the people hold otherwise are left alone."""
     reason = (reason or "").strip()
     if not reason:
         raise ValidationFailed({"reason": "请填写停用原因"})
     before = item.status
     item.status = "retired"
     item.note = (f"{item.note}；" if item.note else "") + f"停用：{reason}"[:200]
+    ended = _end_authorisation_grants(item=item, auths=_active_authorisations(item), actor=actor,
+                                      reason=f"高风险诊疗技术「{item.name}」已停用：{reason}")
     audit.record(actor, "technology.high_risk_retired", item, before={"status": before},
-                 after={"status": "retired", "reason": reason})
+                 after={"status": "retired", "reason": reason} | ended)
     db.session.flush()
     return item
+
+
+def _active_authorisations(item: HighRiskItem) -> list[HighRiskAuthorization]:
+    return list(db.session.scalars(select(HighRiskAuthorization).where(
+        HighRiskAuthorization.item_id == item.id, HighRiskAuthorization.status == "active")
+        .order_by(HighRiskAuthorization.id)))
+
+
+def _other_authorisation_on(grant_id: int, *, besides: list[int]) -> int | None:
+    """Another active authorisation (not in `besides`) of an item not retired that stands on the grant, if any."""
+    return db.session.scalar(
+        select(HighRiskAuthorization.id).join(HighRiskItem, HighRiskItem.id == HighRiskAuthorization.item_id)
+        .where(HighRiskAuthorization.grant_id == grant_id, HighRiskAuthorization.id.not_in(besides),
+               HighRiskAuthorization.status == "active", HighRiskItem.status != "retired")
+        .order_by(HighRiskAuthorization.id).limit(1))
+
+
+def _end_authorisation_grants(*, item: HighRiskItem, auths: list[HighRiskAuthorization], actor: Any,
+                              reason: str) -> dict[str, Any]:
+    """Stop the grants the given authorisations of the item hold unless an authorisation outside them stands on
+    the grant too (end_grant: audited, pushed to HIS, holder notified). Returns what to audit:
+    grants_stopped [ids], grants_kept {grant id: the authorisation keeping it}."""
+    besides = [a.id for a in auths]
+    stopped: list[int] = []
+    kept: dict[str, int] = {}
+    for grant_id in dict.fromkeys(a.grant_id for a in auths if a.grant_id is not None):
+        assert grant_id is not None
+        shared = _other_authorisation_on(grant_id, besides=besides)
+        if shared is not None:
+            kept[str(grant_id)] = shared
+            continue
+        ended = technology_link.end_grant(grant_id=grant_id, actor=actor, reason=reason)
+        if ended is not None:
+            stopped.append(ended.id)
+    return {"grants_stopped": stopped, "grants_kept": kept}
+
+
+def _authorisations_to_move(item: HighRiskItem) -> list[HighRiskAuthorization]:
+    """The authorisations whose grants follow the item's link: the active ones, unless the item is retired (its
+    grants were stopped then)."""
+    return [] if item.status == "retired" else _active_authorisations(item)
+
+
+def _wants_grant(auth: HighRiskAuthorization, on: date) -> bool:
+    """Whether an authorisation moving to another privilege item gets a grant of it: not expired, held by an
+    active, not departed person."""
+    person = auth.user
+    return ((auth.valid_until is None or auth.valid_until >= on) and person.is_active
+            and person.departed_at is None)
+
+
+def _check_relink(*, item: HighRiskItem, target_id: int, auths: list[HighRiskAuthorization]) -> None:
+    """Refuse a new link the authorisations cannot follow (ValidationFailed under privilege_item_id)."""
+    from app.privileges.models import PrivilegeItem
+
+    target = db.session.get(PrivilegeItem, target_id)
+    on = today()
+    takers = [a for a in auths if _wants_grant(a, on)]
+    if target is None or not takers:
+        return
+    problems: list[str] = []
+    if item.status == "suspended":
+        problems.append("该技术已暂停开展，暂停期间不能更改有授权人员的对应医疗权限项目")
+    if not target.is_active or not target.category.is_active:
+        problems.append(f"医疗权限项目“{target.name}”已停用，现有授权无法转入（请先在权限目录中启用）")
+    held = [a.user.name for a in takers
+            if technology_link.suspended_grant(holder_id=a.user_id, item_id=target.id) is not None]
+    if held:
+        problems.append(f"{'、'.join(held)}的医疗权限“{target.name}”已暂停，请先在医疗权限管理中恢复或停止后再更改")
+    if problems:
+        raise ValidationFailed({"privilege_item_id": "；".join(problems)})
+
+
+def _relink_grants(*, item: HighRiskItem, old_id: int | None, auths: list[HighRiskAuthorization],
+                   actor: Any) -> None:
+    """The item now links to item.privilege_item_id instead of old_id: stop the old grants of its authorisations
+    (unless another authorisation stands on them) and give each authorisation still in force a grant of the new item
+    (grant_for_authorisation: created or reused, audited, pushed to HIS). Audited as technology.high_risk_relinked."""
+    from app.privileges.models import PrivilegeItem
+
+    old = db.session.get(PrivilegeItem, old_id) if old_id else None
+    new = privilege_item(item)
+    label = f"{new.code} {new.name}" if new is not None else "无"
+    ended = _end_authorisation_grants(item=item, auths=auths, actor=actor,
+                                      reason=f"高风险诊疗技术「{item.name}」对应的医疗权限项目已改为：{label}")
+    for auth in auths:
+        auth.grant_id = None
+    moved: dict[str, dict[str, Any]] = {}
+    on = today()
+    if new is not None:
+        for auth in auths:
+            if not _wants_grant(auth, on):
+                continue
+            grant, reused = technology_link.grant_for_authorisation(
+                holder=auth.user, item=new, valid_from=max(auth.valid_from, on), valid_until=auth.valid_until,
+                actor=actor, why=f"高风险诊疗技术「{item.name}」授权（对应医疗权限项目变更）")
+            auth.grant_id = grant.id
+            if auth.valid_until is None and not reused:
+                auth.valid_until = grant.valid_until  # one validity for both, as when authorised
+            moved[str(auth.id)] = {"user_id": auth.user_id, "grant_id": grant.id, "grant_reused": reused,
+                                   "valid_until": auth.valid_until}
+    db.session.flush()
+    if auths:
+        audit.record(actor, "technology.high_risk_relinked", item,
+                     before={"privilege_item": old.code if old is not None else None},
+                     after={"privilege_item": new.code if new is not None else None, "authorisations": moved}
+                     | ended)
 
 
 def _person(uid: int | None, errors: Errors) -> User | None:
@@ -223,9 +347,7 @@ def revoke_authorization(*, auth: HighRiskAuthorization, actor: User, reason: st
     auth.revoke_reason = reason[:500]
     after: dict[str, Any] = {"reason": reason}
     if auth.grant_id is not None:
-        shared = db.session.scalar(select(HighRiskAuthorization.id).where(
-            HighRiskAuthorization.grant_id == auth.grant_id, HighRiskAuthorization.id != auth.id,
-            HighRiskAuthorization.status == "active"))
+        shared = _other_authorisation_on(auth.grant_id, besides=[auth.id])
         if shared is None:
             ended = technology_link.end_grant(grant_id=auth.grant_id, actor=actor,
                                               reason=f"高风险诊疗技术「{auth.item.name}」授权已取消：{reason}")
