@@ -18,7 +18,7 @@ from app.technology.models.day_surgery import GRADE_LABELS
 from app.technology.services import common
 from app.technology.services import day_surgery as services
 from app.technology.views import bp
-from app.technology.views._helpers import date_arg, error_map, int_arg, text_arg, xlsx
+from app.technology.views._helpers import date_arg, error_map, int_arg, submit_application, text_arg, xlsx
 
 VIEW_OR_RECORD = ("technology.view", "technology.day_surgery")
 
@@ -86,15 +86,9 @@ def day_surgery_apply_form():
 @bp.post("/day-surgery/apply")
 @require("technology.apply")
 def day_surgery_apply():
-    try:
-        application = services.apply(applicant=current_user, data=request.form)
-    except ValidationFailed as exc:
-        db.session.rollback()
-        data = start_forms.coerce(start_forms.start_form(services.FORM_KEY), request.form)
-        return _apply_page(data=data, errors=error_map(exc), status=400)
-    db.session.commit()
-    flash(f"日间手术资质申请已提交（编号 {application.number}），进入科室审核", "success")
-    return redirect(url_for("technology.day_surgery_application", application_id=application.id))
+    return submit_application(apply=services.apply, form_key=services.FORM_KEY, page=_apply_page,
+                              done=lambda row: (f"日间手术资质申请已提交（编号 {row.number}），进入科室审核",
+                                                url_for("technology.day_surgery_application", application_id=row.id)))
 
 
 @bp.get("/day-surgery/applications/<int:application_id>")

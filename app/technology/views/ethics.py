@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from io import BytesIO
 
-from flask import flash, redirect, render_template, request, send_file, url_for
+from flask import flash, redirect, render_template, send_file, url_for
 from flask_login import current_user
 
 from app.auth.access import require
@@ -23,7 +23,7 @@ from app.technology.models.ethics import (
 from app.technology.services import common
 from app.technology.services import ethics as services
 from app.technology.views import bp
-from app.technology.views._helpers import error_map, text_arg, xlsx
+from app.technology.views._helpers import error_map, submit_application, text_arg, xlsx
 from app.technology.views.new_tech import ethics_setup_page, ethics_values
 
 LIST_PERMISSIONS = ("technology.view", "technology.manage", "technology.apply", "ethics.review")
@@ -65,15 +65,9 @@ def apply_ethics_form():
 @bp.post("/ethics/apply")
 @require("technology.apply")
 def apply_ethics():
-    try:
-        review = services.apply(applicant=current_user, data=request.form)
-    except ValidationFailed as exc:
-        db.session.rollback()
-        data = start_forms.coerce(start_forms.start_form(services.FORM_KEY), request.form)
-        return _apply_page(data=data, errors=error_map(exc), status=400)
-    db.session.commit()
-    flash(f"伦理审查申请已提交（编号 {review.number}），等待伦理委员会办公室确定审查方式与委员", "success")
-    return redirect(url_for("technology.ethics_review", review_id=review.id))
+    return submit_application(apply=services.apply, form_key=services.FORM_KEY, page=_apply_page,
+                              done=lambda row: (f"伦理审查申请已提交（编号 {row.number}），等待伦理委员会办公室确定审查方式与委员",
+                                                url_for("technology.ethics_review", review_id=row.id)))
 
 
 @bp.get("/ethics/<int:review_id>")

@@ -15,7 +15,7 @@ from app.technology.models.new_tech import CATEGORY_LABELS, PROJECT_STATUS_LABEL
 from app.technology.services import common, ethics
 from app.technology.services import new_tech as services
 from app.technology.views import bp
-from app.technology.views._helpers import error_map, int_arg, text_arg, xlsx
+from app.technology.views._helpers import error_map, int_arg, submit_application, text_arg, xlsx
 
 
 def _filters() -> services.ProjectFilter:
@@ -61,15 +61,9 @@ def apply_project():
 @bp.post("/new-tech/apply")
 @require("technology.apply")
 def submit_project():
-    try:
-        project = services.apply(applicant=current_user, data=request.form)
-    except ValidationFailed as exc:
-        db.session.rollback()
-        data = start_forms.coerce(start_forms.start_form(services.FORM_KEY), request.form)
-        return _apply_form(data=data, errors=error_map(exc), status=400)
-    db.session.commit()
-    flash(f"申请已提交（编号 {project.number}），进入科室审核", "success")
-    return redirect(url_for("technology.project", project_id=project.id))
+    return submit_application(apply=services.apply, form_key=services.FORM_KEY, page=_apply_form,
+                              done=lambda row: (f"申请已提交（编号 {row.number}），进入科室审核",
+                                                url_for("technology.project", project_id=row.id)))
 
 
 @bp.get("/new-tech/<int:project_id>")

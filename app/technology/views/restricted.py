@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, url_for
 from flask_login import current_user
 
 from app.auth.access import require
@@ -15,7 +15,7 @@ from app.technology.models.restricted import RESTRICTED_STATUS_LABELS
 from app.technology.services import common, ethics
 from app.technology.services import restricted as services
 from app.technology.views import bp
-from app.technology.views._helpers import error_map, int_arg, text_arg, xlsx
+from app.technology.views._helpers import error_map, int_arg, submit_application, text_arg, xlsx
 from app.technology.views.new_tech import ethics_setup_page, ethics_values
 
 
@@ -67,15 +67,9 @@ def restricted_apply_form():
 @bp.post("/restricted/apply")
 @require("technology.apply")
 def restricted_apply():
-    try:
-        application = services.apply(applicant=current_user, data=request.form)
-    except ValidationFailed as exc:
-        db.session.rollback()
-        data = start_forms.coerce(start_forms.start_form(services.FORM_KEY), request.form)
-        return _apply_page(data=data, errors=error_map(exc), status=400)
-    db.session.commit()
-    flash(f"申请已提交（编号 {application.number}），进入专家审查", "success")
-    return redirect(url_for("technology.restricted_detail", application_id=application.id))
+    return submit_application(apply=services.apply, form_key=services.FORM_KEY, page=_apply_page,
+                              done=lambda row: (f"申请已提交（编号 {row.number}），进入专家审查",
+                                                url_for("technology.restricted_detail", application_id=row.id)))
 
 
 @bp.get("/restricted/<int:application_id>")
