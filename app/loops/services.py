@@ -626,10 +626,14 @@ def _resolve_org(order: LoopOrder) -> None:
 _batch_ids = threading.local()
 
 
+_SEQUENCE: list[str] = []  # the node-state id sequence's name (fixed by the schema; looked up once per process)
+
+
 def _draw_ids(n: int) -> list[int]:
-    seq = db.session.scalar(text("select pg_get_serial_sequence('loop_node_states', 'id')"))
+    if not _SEQUENCE:
+        _SEQUENCE.append(str(db.session.scalar(text("select pg_get_serial_sequence('loop_node_states', 'id')"))))
     return list(db.session.scalars(text("select nextval(cast(:seq as regclass)) from generate_series(1, :n)"),
-                                   {"seq": seq, "n": n}))
+                                   {"seq": _SEQUENCE[0], "n": n}))
 
 
 def _state_ids(n: int) -> list[int] | None:
